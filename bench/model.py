@@ -1,0 +1,192 @@
+"""NaViT: a ViT over packed sequences of images of any size.
+
+images -> pack (bench.packing) -> patch embedding -> + positional embedding -> blocks with
+block-diagonal attention -> masked pooling per image -> classifier. Every mask is derived from
+the one per-token image-id tensor of the PackedBatch.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .packing import DEFAULT_MAX_SEQ_LEN, PAD, PackedBatch, pack
+from .posembed import build_posembed
+
+
+def attention_mask(image_ids: Tensor) -> Tensor:
+    """[R, 1, L, L] bool: a token attends to tokens of its own image only.
+
+    Padding (id PAD) attends to padding, so no row is fully masked (no NaN), while real tokens
+    never see padding and padding never sees real tokens.
+    """
+    return (image_ids[:, None, :, None] == image_ids[:, None, None, :])
+
+
+def flex_block_mask(image_ids: Tensor):
+    """FlexAttention document mask, built once per batch and shared by every layer."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_image(b, h, q, kv):
+        return image_ids[b, q] == image_ids[b, kv]
+
+    rows, length = image_ids.shape
+    return create_block_mask(same_image, rows, None, length, length, device=image_ids.device)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x_i, x_{i + d/2}) of the last dim by the given angles."""
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat([a * cos - b * sin, a * sin + b * cos], -1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, mask, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        rows, length, dim = x.shape
+        q, k, v = self.qkv(x).view(rows, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if rope is not None:
+            q, k = rotate(q, *rope).to(v.dtype), rotate(k, *rope).to(v.dtype)
+        if mask is None or isinstance(mask, Tensor):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            from torch.nn.attention.flex_attention import flex_attention
+            out = flex_attention(q, k, v, block_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(rows, length, dim))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x, mask, rope):
+        x = x + self.attn(self.norm1(x), mask, rope)
+        return x + self.mlp(self.norm2(x))
+
+
+def masked_mean(tokens: Tensor, image_ids: Tensor, num_images: int) -> Tensor:
+    """Mean of each image's tokens. tokens [T, D], image_ids [T] (real tokens only)."""
+    sums = tokens.new_zeros(num_images, tokens.shape[-1]).index_add_(0, image_ids, tokens)
+    counts = torch.bincount(image_ids, minlength=num_images).clamp(min=1).to(tokens.dtype)
+    return sums / counts[:, None]
+
+
+class AttentionPool(nn.Module):
+    """Masked attention pooling (MAP): one learned query attends to each image's own tokens."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.heads = heads
+        self.probe = nn.Parameter(torch.randn(dim) * 0.02)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, tokens: Tensor, image_ids: Tensor, num_images: int) -> Tensor:
+        t, dim = tokens.shape
+        q = self.q(self.probe).view(self.heads, -1)
+        k, v = self.kv(tokens).view(t, 2, self.heads, -1).unbind(1)
+        scores = (k * q).sum(-1) * q.shape[-1] ** -0.5                     # [T, heads]
+        # Softmax over each image's tokens: a segment softmax keyed by image id.
+        index = image_ids[:, None].expand_as(scores)
+        peak = scores.new_full((num_images, self.heads), float("-inf"))
+        peak = peak.scatter_reduce(0, index, scores, "amax").detach()
+        weights = (scores - peak[image_ids]).exp()
+        weights = weights / weights.new_zeros(num_images, self.heads).index_add_(0, image_ids, weights)[image_ids]
+        pooled = v.new_zeros(num_images, self.heads, v.shape[-1]).index_add_(0, image_ids, weights[..., None] * v)
+        pooled = self.proj(pooled.reshape(num_images, dim))
+        return pooled + self.mlp(self.norm(pooled))
+
+
+class NaViT(nn.Module):
+    def __init__(self, variant: str, num_classes: int, patch_size: int = 16, dim: int = 192,
+                 depth: int = 6, heads: int = 3, *, channels: int = 3, mlp_ratio: float = 4.0,
+                 pool: str = "mean", attention: str = "sdpa", **pos_options):
+        super().__init__()
+        if pool not in ("mean", "map"):
+            raise ValueError(f"pool must be 'mean' or 'map', got {pool!r}")
+        if attention not in ("sdpa", "flex"):
+            raise ValueError(f"attention must be 'sdpa' or 'flex', got {attention!r}")
+        self.variant, self.patch_size, self.channels = variant, patch_size, channels
+        self.attention = attention
+        self.pos = build_posembed(variant, dim, heads, depth, **pos_options)
+        self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.pool = AttentionPool(dim, heads, mlp_ratio) if pool == "map" else None
+        self.head = nn.Linear(dim, num_classes)
+
+    def embed_patches(self, patches: Tensor) -> Tensor:
+        # The Conv2d with kernel = stride = patch is a matmul on pre-cut patches: identical
+        # numbers, and dropped or padded tokens cost nothing to cut.
+        return F.linear(patches, self.patch_embed.weight.flatten(1), self.patch_embed.bias)
+
+    def pack(self, images: Sequence[Tensor], max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN) -> PackedBatch:
+        return pack(images, self.patch_size, max_seq_len, channels=self.channels)
+
+    def forward(self, images: Sequence[Tensor] | PackedBatch,
+                max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN) -> Tensor:
+        batch = images if isinstance(images, PackedBatch) else self.pack(images, max_seq_len)
+        if batch.num_dropped and not self.training:
+            raise ValueError("token dropping is for training only: this batch dropped "
+                             f"{batch.num_dropped} tokens but the model is in eval mode")
+        batch = batch.to(self.head.weight.device)
+        ids = batch.image_ids
+        rows, length = ids.shape
+        valid = ids != PAD
+        coords, grids = batch.coords[valid], batch.token_grids()[valid]
+
+        x = self.embed_patches(batch.patches.to(self.head.weight.dtype))
+        extra = self.pos.additive(coords, grids)
+        if extra is not None:
+            x = x.masked_scatter(valid[..., None], (x[valid] + extra).to(x.dtype))
+        rope = self._rope(batch, valid, coords, grids)
+
+        if not batch.needs_mask:
+            mask = None
+        elif self.attention == "flex":
+            mask = flex_block_mask(ids)
+        else:
+            mask = attention_mask(ids)
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, None if rope is None else tuple(r[min(i, r.shape[0] - 1)] for r in rope))
+
+        tokens, token_ids = self.norm(x)[valid], ids[valid]
+        if self.pool is None:
+            pooled = masked_mean(tokens, token_ids, batch.num_images)
+        else:
+            pooled = self.pool(tokens, token_ids, batch.num_images)
+        return self.head(pooled)
+
+    def _rope(self, batch: PackedBatch, valid: Tensor, coords: Tensor, grids: Tensor):
+        """(cos, sin), each [depth or 1, R, heads or 1, L, head_dim/2]; padding is not rotated."""
+        angles = self.pos.rotary(coords, grids)
+        if angles is None:
+            return None
+        layers, _, heads, half = angles.shape
+        full = angles.new_zeros(layers, *valid.shape, heads, half)
+        full[:, valid] = angles
+        full = full.permute(0, 1, 3, 2, 4)
+        return full.cos(), full.sin()
+
+
+def build_model(variant: str, num_classes: int, patch_size: int = 16, dim: int = 192, depth: int = 6,
+                heads: int = 3, **options) -> NaViT:
+    """Build a NaViT with the named positional embedding. Unknown options are errors."""
+    return NaViT(variant, num_classes, patch_size, dim, depth, heads, **options)
