@@ -1,0 +1,194 @@
+"""Invariance tests of the packed model, for every registered variant and both pools."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bench
+from bench.model import attention_mask
+from bench.packing import PAD, PackedBatch, pack
+
+PATCH = 8
+ALL_VARIANTS = bench.list_variants()
+FACTORIZED = [v for v in ALL_VARIANTS if v.startswith("factorized_")]
+ODD_GRIDS = [(1, 1), (1, 7), (3, 17), (16, 5)]
+
+
+def make_model(variant, pool="mean", seed=0, **options):
+    torch.manual_seed(seed)
+    return bench.build_model(variant, num_classes=5, patch_size=PATCH, dim=32, depth=2, heads=2,
+                             pool=pool, **options).eval()
+
+
+def images_for(grids, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(3, h * PATCH, w * PATCH, generator=g) for h, w in grids]
+
+
+MIXED = images_for([(2, 3), (4, 4), (1, 7), (5, 2), (3, 17), (16, 5), (1, 1)])
+
+
+def alone(model, images):
+    with torch.no_grad():
+        return torch.cat([model([img]) for img in images])
+
+
+@pytest.fixture(params=[(v, pool) for v in ALL_VARIANTS for pool in ("mean", "map")],
+                ids=lambda p: f"{p[0]}-{p[1]}")
+def model(request):
+    variant, pool = request.param
+    return make_model(variant, pool)
+
+
+def test_registry_has_the_eleven_variants():
+    assert sorted(ALL_VARIANTS) == sorted([
+        "vit_1d_interp", "pix2struct_2d", "factorized_abs_learned", "factorized_frac_learned",
+        "factorized_abs_sincos", "factorized_frac_sincos", "factorized_abs_fourier",
+        "factorized_frac_fourier", "nope", "rope_axial", "rope_mixed"])
+
+
+def test_packed_equals_alone_and_ignores_batch_mates_budget_and_order(model):
+    reference = alone(model, MIXED)
+    with torch.no_grad():
+        for max_seq_len in (16, 64, 100, 1000):
+            torch.testing.assert_close(model(MIXED, max_seq_len=max_seq_len), reference, atol=1e-5, rtol=0)
+        order = [4, 0, 6, 2, 5, 1, 3]
+        shuffled = model([MIXED[i] for i in order], max_seq_len=64)
+        torch.testing.assert_close(shuffled, reference[order], atol=1e-5, rtol=0)
+        mates = model([MIXED[0]] + images_for([(6, 6), (2, 9), (1, 3)], seed=7), max_seq_len=64)
+        torch.testing.assert_close(mates[:1], reference[:1], atol=1e-5, rtol=0)
+
+
+def test_tokens_shuffled_with_their_coordinates_give_the_same_outputs(model):
+    batch = pack(MIXED, PATCH, 64)
+    g = torch.Generator().manual_seed(3)
+    perm = torch.stack([torch.randperm(batch.row_len, generator=g) for _ in range(batch.num_rows)])
+    rows = torch.arange(batch.num_rows)[:, None]
+    shuffled = PackedBatch(batch.patches[rows, perm], batch.image_ids[rows, perm], batch.coords[rows, perm],
+                           batch.grids)
+    assert not torch.equal(shuffled.image_ids, batch.image_ids)  # padding is interleaved now too
+    with torch.no_grad():
+        torch.testing.assert_close(model(shuffled), model(batch), atol=1e-5, rtol=0)
+
+
+def test_padding_content_never_leaks(model):
+    """Garbage in extra padding columns changes nothing: the padding mask is not inverted."""
+    batch = pack(MIXED, PATCH, 64)
+    extra = 9
+    rows = batch.num_rows
+    padded = PackedBatch(
+        torch.cat([batch.patches, 100 * torch.randn(rows, extra, batch.patches.shape[-1])], 1),
+        torch.cat([batch.image_ids, torch.full((rows, extra), PAD)], 1),
+        torch.cat([batch.coords, torch.randint(0, 5, (rows, extra, 2))], 1),
+        batch.grids)
+    with torch.no_grad():
+        out = model(padded)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, model(batch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+@pytest.mark.parametrize("pool", ["mean", "map"])
+def test_odd_grids_forward_backward_and_every_parameter_learns(variant, pool):
+    model = make_model(variant, pool).train()
+    logits = model(images_for(ODD_GRIDS), max_seq_len=32)
+    assert logits.shape == (len(ODD_GRIDS), 5) and torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.arange(len(ODD_GRIDS))).backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"{variant}: {name} got no gradient"
+
+
+@pytest.mark.parametrize("variant", FACTORIZED)
+@pytest.mark.parametrize("combine", ["sum", "stack", "product"])
+def test_every_combine_mode_is_packing_invariant(variant, combine):
+    model = make_model(variant, combine=combine)
+    with torch.no_grad():
+        torch.testing.assert_close(model(MIXED, max_seq_len=48), alone(model, MIXED), atol=1e-5, rtol=0)
+
+
+def test_combine_modes_differ():
+    outs = [make_model("factorized_abs_learned", combine=c)(MIXED[:2]) for c in ("sum", "stack", "product")]
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[0], outs[2])
+
+
+def test_nope_is_invariant_to_any_permutation_of_an_images_tokens():
+    image = images_for([(4, 6)])[0]
+    batch = pack([image], PATCH)
+    perm = torch.randperm(batch.row_len, generator=torch.Generator().manual_seed(0))
+    scrambled = PackedBatch(batch.patches[:, perm], batch.image_ids, batch.coords, batch.grids)  # coords stay
+    with torch.no_grad():
+        nope = make_model("nope")
+        torch.testing.assert_close(nope(scrambled), nope(batch), atol=1e-5, rtol=0)
+        positional = make_model("factorized_abs_learned")
+        assert not torch.allclose(positional(scrambled), positional(batch), atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["rope_axial", "rope_mixed"])
+def test_rope_depends_only_on_relative_position(variant):
+    batch = pack(MIXED, PATCH, 64)
+    shifted = PackedBatch(batch.patches, batch.image_ids, batch.coords + torch.tensor([3, 11]), batch.grids)
+    model = make_model(variant)
+    with torch.no_grad():
+        torch.testing.assert_close(model(shifted), model(batch), atol=1e-4, rtol=0)
+
+
+def test_patch_embedding_is_the_conv2d():
+    model = make_model("nope")
+    image = images_for([(3, 5)])[0]
+    conv = model.patch_embed(image[None]).flatten(2)[0].T  # [tokens, dim], row-major over the grid
+    batch = pack([image], PATCH)
+    torch.testing.assert_close(model.embed_patches(batch.patches)[0], conv, atol=1e-5, rtol=0)
+
+
+def test_attention_mask_is_block_diagonal_and_never_empty():
+    ids = torch.tensor([[0, 0, 1, PAD], [2, PAD, PAD, PAD]])
+    mask = attention_mask(ids)[:, 0]
+    expected = torch.tensor([[[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]],
+                             [[1, 0, 0, 0], [0, 1, 1, 1], [0, 1, 1, 1], [0, 1, 1, 1]]], dtype=torch.bool)
+    assert torch.equal(mask, expected)
+    assert mask.any(-1).all()
+
+
+def test_eval_mode_refuses_dropped_tokens_and_training_accepts_them():
+    model = make_model("factorized_frac_learned")
+    dropped = pack(MIXED, PATCH, 64, drop_rates=torch.full((len(MIXED),), 0.5),
+                   generator=torch.Generator().manual_seed(0))
+    assert dropped.num_dropped > 0
+    with pytest.raises(ValueError, match="eval mode"):
+        model(dropped)
+    assert model.train()(dropped).shape == (len(MIXED), 5)
+
+
+def test_bad_images_name_their_index_and_shape():
+    model = make_model("nope")
+    with pytest.raises(ValueError, match=r"image 1 has shape \(3, 12, 16\).*multiples of patch_size=8"):
+        model([torch.zeros(3, 8, 8), torch.zeros(3, 12, 16)])
+    with pytest.raises(ValueError, match=r"image 0 has shape \(1, 8, 8\).*expects 3"):
+        model([torch.zeros(1, 8, 8)])
+    with pytest.raises(ValueError, match="empty image list"):
+        model([])
+    with pytest.raises(ValueError, match=r"image 0 has shape \(3, 4, 8\)"):
+        model([torch.zeros(3, 4, 8)])
+
+
+@pytest.mark.parametrize("variant,grid", [("pix2struct_2d", (8, 33)), ("factorized_abs_learned", (40, 2))])
+def test_absolute_tables_reject_grids_beyond_them(variant, grid):
+    model = make_model(variant)
+    with pytest.raises(ValueError, match=rf"{variant}.*{grid[0]}x{grid[1]}.*32x32.*max_grid"):
+        model(images_for([grid]))
+    bigger = make_model(variant, max_grid=40)
+    assert torch.isfinite(bigger(images_for([grid]))).all()
+
+
+def test_unknown_options_are_errors_not_dropped():
+    with pytest.raises(ValueError, match="unknown option.*combin.*valid options: combine, max_grid"):
+        bench.build_model("factorized_abs_learned", num_classes=2, combin="sum")
+    with pytest.raises(ValueError, match="unknown option.*combine.*valid options: none"):
+        bench.build_model("nope", num_classes=2, combine="sum")
+    with pytest.raises(ValueError, match="unknown variant 'vit'.*rope_mixed"):
+        bench.build_model("vit", num_classes=2)
+
+
+def test_same_seed_same_numbers():
+    a = make_model("rope_mixed", "map", seed=4)(MIXED)
+    b = make_model("rope_mixed", "map", seed=4)(MIXED)
+    assert torch.equal(a, b)
