@@ -1,0 +1,154 @@
+"""Batches built to a token budget and packed once, for training and for evaluation.
+
+A training batch is a pure function of (config, seed, step): resuming after an interruption
+is just starting at the next step, every variant sees the same data for a seed, and any number
+of DataLoader workers gives the same batches.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError
+from ..packing import PackedBatch, keep_counts, pack, plan_rows
+from .config import DropConfig, ResolutionConfig
+from .resolution import check_resolution, train_size
+from .source import ImageSource
+from .streams import BATCH, stream
+
+
+@dataclass
+class Pick:
+    """One image of a training batch."""
+    index: int                 # in the source
+    size: tuple[int, int]      # (H, W) it is rendered or resized to
+    drop_rate: float
+    kept: int                  # tokens left after token dropping
+
+
+class TrainBatches(Dataset):
+    """``batches[step]`` -> (PackedBatch, labels [N] long) for that training step.
+
+    Images are drawn uniformly with replacement, each with a size from the resolution policy and
+    a drop rate, until the batch's rows (tokens_per_batch // max_seq_len rows of max_seq_len
+    tokens) are full: the first image that fits no row ends the batch. The budget counts tokens
+    kept after dropping. tokens_per_batch is global: with world_size > 1, rank r takes the packed
+    rows r, r + world_size, ... of the same global batch.
+    """
+
+    def __init__(self, source: ImageSource, resolution: ResolutionConfig, drop: DropConfig, patch_size: int,
+                 tokens_per_batch: int, max_seq_len: int, seed: int, rank: int = 0, world_size: int = 1):
+        if max_seq_len < 1:
+            raise ConfigError("max_seq_len", f"must be >= 1 (got {max_seq_len})")
+        check_resolution(resolution, patch_size, max_seq_len)
+        self.num_rows = tokens_per_batch // max_seq_len
+        if self.num_rows < world_size:
+            raise ConfigError("tokens_per_batch", f"{tokens_per_batch} gives {self.num_rows} rows of max_seq_len "
+                                                  f"{max_seq_len}; each of the {world_size} ranks needs at least one")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.source, self.resolution, self.drop = source, resolution, drop
+        self.patch_size, self.max_seq_len, self.seed = patch_size, max_seq_len, seed
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self) -> int:
+        return 2 ** 62   # steps are indexed, not enumerated
+
+    def __getitem__(self, step: int) -> tuple[PackedBatch, Tensor]:
+        rng = stream(BATCH, self.seed, step)
+        mine = self._share(self._draw(rng))
+        images, labels = self.source.load_sized([pick.index for pick in mine], [pick.size for pick in mine])
+        drop_rates = None if self.drop.kind == "none" else torch.tensor([pick.drop_rate for pick in mine])
+        generator = torch.Generator().manual_seed(int(rng.integers(2 ** 32)))   # which tokens are dropped
+        batch = pack(images, self.patch_size, self.max_seq_len, drop_rates=drop_rates,
+                     generator=generator, channels=self.source.channels)
+        return batch, labels
+
+    def picks(self, step: int) -> list[Pick]:
+        """This rank's images of batch ``step``, in the order of the batch's labels."""
+        return self._share(self._draw(stream(BATCH, self.seed, step)))
+
+    def _share(self, picks: list[Pick]) -> list[Pick]:
+        rows = plan_rows([pick.kept for pick in picks], self.max_seq_len)
+        return [picks[i] for i in sorted(i for row in rows[self.rank::self.world_size] for i in row)]
+
+    def _draw(self, rng: np.random.Generator) -> list[Pick]:
+        """The global batch, identical on every rank."""
+        p, length = self.patch_size, self.max_seq_len
+        room = [length] * self.num_rows
+        picks: list[Pick] = []
+        while True:
+            index = int(rng.integers(len(self.source)))
+            size = train_size(self.resolution, self.source.native_size(index), p, rng, length)
+            tokens = (size[0] // p) * (size[1] // p)
+            rate = self._drop_rate(rng)
+            kept = int(keep_counts(torch.tensor([tokens]), torch.tensor([rate]))[0])
+            row = next((r for r, free in enumerate(room) if free >= kept), None)
+            if row is None:
+                break
+            room[row] -= kept
+            picks.append(Pick(index, size, rate, kept))
+        # pack() plans its own rows, which now and then need one row more than the first-fit
+        # that chose the images: drop the last images until its plan fits.
+        while len(plan_rows([pick.kept for pick in picks], length)) > self.num_rows:
+            picks.pop()
+        return picks
+
+    def _drop_rate(self, rng: np.random.Generator) -> float:
+        if self.drop.kind == "constant":
+            return self.drop.rate
+        if self.drop.kind == "beta":
+            return float(rng.beta(self.drop.alpha, self.drop.beta))
+        return 0.0
+
+
+def train_loader(batches: TrainBatches, start_step: int, num_steps: int, num_workers: int = 0,
+                 pin_memory: bool = False) -> DataLoader:
+    """Yields batches[start_step], ..., batches[num_steps - 1] in order."""
+    if not 0 <= start_step <= num_steps:
+        raise ValueError(f"need 0 <= start_step <= num_steps (got {start_step}, {num_steps})")
+    return DataLoader(batches, batch_size=None, sampler=range(start_step, num_steps),
+                      num_workers=num_workers, pin_memory=pin_memory)
+
+
+class _EvalChunks(Dataset):
+    """Chunk i: consecutive test images, all at one size, packed."""
+
+    def __init__(self, source: ImageSource, size: tuple[int, int], patch_size: int, per_batch: int,
+                 max_seq_len: int):
+        self.source, self.size, self.patch_size = source, size, patch_size
+        self.per_batch, self.max_seq_len = per_batch, max_seq_len
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.source) / self.per_batch)
+
+    def __getitem__(self, chunk: int) -> tuple[PackedBatch, Tensor]:
+        start = chunk * self.per_batch
+        indices = range(start, min(start + self.per_batch, len(self.source)))
+        images, labels = self.source.load_many(indices, self.size)
+        return pack(images, self.patch_size, self.max_seq_len, channels=self.source.channels), labels
+
+
+def eval_batches(source: ImageSource, size: tuple[int, int], patch_size: int, tokens_per_batch: int,
+                 max_seq_len: int, num_workers: int = 0) -> Iterable[tuple[PackedBatch, Tensor]]:
+    """Every image of ``source`` at (H, W), in index order, packed; never any token dropping.
+
+    A batch holds as many whole rows of images as tokens_per_batch allows (an image longer than
+    max_seq_len gets a row of its own), and at least one image.
+    """
+    height, width = size
+    if height < patch_size or width < patch_size or height % patch_size or width % patch_size:
+        raise ValueError(f"eval size {height}x{width} is not a positive multiple of patch_size {patch_size}")
+    tokens = (height // patch_size) * (width // patch_size)
+    if tokens <= max_seq_len:
+        per_batch = max(1, tokens_per_batch // max_seq_len) * (max_seq_len // tokens)
+    else:
+        per_batch = max(1, tokens_per_batch // tokens)
+    chunks = _EvalChunks(source, size, patch_size, per_batch, max_seq_len)
+    return DataLoader(chunks, batch_size=None, num_workers=num_workers)
