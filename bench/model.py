@@ -6,7 +6,7 @@ the one per-token image-id tensor of the PackedBatch.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,11 @@ def attention_mask(image_ids: Tensor) -> Tensor:
 
 
 def flex_block_mask(image_ids: Tensor):
-    """FlexAttention document mask, built once per batch and shared by every layer."""
+    """FlexAttention document mask, built once per batch and shared by every layer.
+
+    Tiles of 128 x 128 (query, key) tokens that share no image are skipped by the kernel; padding
+    attends to padding, so no query has an empty row.
+    """
     from torch.nn.attention.flex_attention import create_block_mask
 
     def same_image(b, h, q, kv):
@@ -34,6 +38,21 @@ def flex_block_mask(image_ids: Tensor):
 
     rows, length = image_ids.shape
     return create_block_mask(same_image, rows, None, length, length, device=image_ids.device)
+
+
+_compiled_flex: Callable | None = None
+
+
+def flex(q: Tensor, k: Tensor, v: Tensor, block_mask) -> Tensor:
+    """flex_attention is only fused when compiled: on CUDA it is compiled once here (or traced into
+    a compiled encoder); on CPU the unfused reference runs, forward only."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+    if not q.is_cuda or torch.compiler.is_compiling():
+        return flex_attention(q, k, v, block_mask=block_mask)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention)
+    return _compiled_flex(q, k, v, block_mask=block_mask)
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -59,8 +78,7 @@ class Attention(nn.Module):
         if mask is None or isinstance(mask, Tensor):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
-            from torch.nn.attention.flex_attention import flex_attention
-            out = flex_attention(q, k, v, block_mask=mask)
+            out = flex(q, k, v, mask)
         return self.proj(out.transpose(1, 2).reshape(rows, length, dim))
 
 
@@ -131,6 +149,7 @@ class NaViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.pool = AttentionPool(dim, heads, mlp_ratio) if pool == "map" else None
         self.head = nn.Linear(dim, num_classes)
+        self.compiled_encode: Callable | None = None  # set by compile_encoder
 
     def embed_patches(self, patches: Tensor) -> Tensor:
         # The Conv2d with kernel = stride = patch is a matmul on pre-cut patches: identical
@@ -158,14 +177,7 @@ class NaViT(nn.Module):
             x = x.masked_scatter(valid[..., None], (x[valid] + extra).to(x.dtype))
         rope = self._rope(batch, valid, coords, grids)
 
-        if not batch.needs_mask:
-            mask = None
-        elif self.attention == "flex":
-            mask = flex_block_mask(ids)
-        else:
-            mask = attention_mask(ids)
-        for i, block in enumerate(self.blocks):
-            x = block(x, mask, None if rope is None else tuple(r[min(i, r.shape[0] - 1)] for r in rope))
+        x = (self.compiled_encode or self.encode)(x, self.build_mask(batch), rope)
 
         tokens, token_ids = self.norm(x)[valid], ids[valid]
         if self.pool is None:
@@ -173,6 +185,25 @@ class NaViT(nn.Module):
         else:
             pooled = self.pool(tokens, token_ids, batch.num_images)
         return self.head(pooled)
+
+    def build_mask(self, batch: PackedBatch):
+        """The batch's attention mask, built once and shared by every layer: None when every row
+        is one whole image (dense attention is exact), else a flex block mask or a bool mask."""
+        if not batch.needs_mask:
+            return None
+        return flex_block_mask(batch.image_ids) if self.attention == "flex" else attention_mask(batch.image_ids)
+
+    def encode(self, x: Tensor, mask, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+        """The transformer blocks on [R, L, dim]: all of the model's attention and most of its FLOPs."""
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, None if rope is None else tuple(r[min(i, r.shape[0] - 1)] for r in rope))
+        return x
+
+    def compile_encoder(self, **options) -> None:
+        """torch.compile the blocks only. Their shapes are (rows, row length), which
+        packing.pad_to_buckets keeps to a few; embedding and pooling stay eager because their
+        shapes follow the number of real tokens and images, which changes every batch."""
+        self.compiled_encode = torch.compile(self.encode, **options)
 
     def _rope(self, batch: PackedBatch, valid: Tensor, coords: Tensor, grids: Tensor):
         """(cos, sin), each [depth or 1, R, heads or 1, L, head_dim/2]; padding is not rotated."""

@@ -1,0 +1,454 @@
+"""What packing saves: ``python -m bench.perf [--device cpu|cuda] [--dtype fp32|bf16] [--json PATH]``.
+
+One standard mixed batch (64 images, H and W drawn independently from {64, 96, ..., 256} with a
+seeded generator, a ViT-Ti/16) runs in five setups:
+
+  padded     one image per row, padded to the batch's longest image; SDPA with the padding mask
+  packed256  rows of 256 tokens filled greedily; SDPA with the block-diagonal mask
+  packed512  the same with rows of 512 tokens
+  grouped    images grouped by token count, each group a dense batch with no mask at all: the
+             zero-waste bound (one optimizer step after accumulating the groups' gradients)
+  flex256    packed256 with FlexAttention's document mask (CUDA only: no backward on CPU)
+
+A train step is forward, backward and the optimizer step over the whole batch; an eval step is a
+no-grad forward. The setups run interleaved, one step of each per round, so a slow spell of a
+shared machine hits all of them alike: times are medians over the rounds after warm-up, and each
+speedup is the median of its per-round ratios to padded. Packing (pack() from the image list) and
+mask building are timed on their own and given as shares of the train step.
+
+FLOPs are counted analytically: the matmuls (2 per multiply-add) and attention's two matmuls, a
+train step being 3x the forward. "GFLOP/step" is what the kernels compute, padding and masked-out
+attention included (SDPA computes every row's full L x L scores; flex skips 128 x 128 tiles that
+share no image). "TFLOP/s" and MFU count only the useful work: real tokens and each image's own
+n x n attention, so waste lowers them. MFU is against the device's dense bf16 peak.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import BenchError
+from .model import NaViT, build_model
+from .packing import PAD, PackedBatch, pack, pad_to_buckets
+
+SIDES = tuple(range(64, 257, 32))
+NUM_CLASSES = 100
+FLEX_BLOCK = 128
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_EXPERIMENT = REPO / "experiments" / "default.yaml"
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, in TFLOP/s.
+# First substring match on the device name wins, so specific names come first.
+BF16_PEAK_TFLOPS = (
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0), ("B200", 2250.0),
+    ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
+)
+
+Batches = list[tuple[PackedBatch, Tensor]]
+
+
+def cpu_name() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "cpu"
+
+
+class OtherLoad:
+    """Share of the machine's CPU time that other processes used while we ran (Linux only).
+
+    Timings on a shared machine are only as good as this number is small."""
+
+    def __enter__(self):
+        self.start = self._busy_total(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        (busy0, total0), mine0 = self.start
+        (busy1, total1), mine1 = self._busy_total(), time.process_time()
+        ticks = 100.0  # USER_HZ: /proc/stat counts in 1/100 s on Linux
+        others = max(0.0, (busy1 - busy0) / ticks - (mine1 - mine0))
+        self.share = others / ((total1 - total0) / ticks) if total1 > total0 else None
+
+    @staticmethod
+    def _busy_total() -> tuple[float, float]:
+        try:
+            fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        except (OSError, ValueError):
+            return 0.0, 0.0
+        idle = fields[3] + fields[4]   # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+
+def peak_tflops(device_name: str) -> float | None:
+    return next((peak for key, peak in BF16_PEAK_TFLOPS if key in device_name), None)
+
+
+def standard_batch(num_images: int, patch_size: int, seed: int, channels: int = 3) -> tuple[list[Tensor], Tensor]:
+    """The benchmark's images (random pixels: content does not change the cost) and labels."""
+    if any(side % patch_size for side in SIDES):
+        raise BenchError(f"--patch {patch_size} must divide every side in {SIDES}")
+    g = torch.Generator().manual_seed(seed)
+    sides = torch.tensor(SIDES)[torch.randint(len(SIDES), (num_images, 2), generator=g)]
+    images = [torch.rand(channels, h, w, generator=g) for h, w in sides.tolist()]
+    return images, torch.randint(NUM_CLASSES, (num_images,), generator=g)
+
+
+def grouped(images: list[Tensor], labels: Tensor, patch_size: int) -> Batches:
+    """One dense batch per token count: each row is one whole image, so no mask is needed."""
+    groups: dict[int, list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault((image.shape[1] // patch_size) * (image.shape[2] // patch_size), []).append(i)
+    return [(pack([images[i] for i in idx], patch_size, one_per_row=True), labels[idx]) for idx in groups.values()]
+
+
+@dataclass
+class Setup:
+    name: str
+    make: Callable[[], Batches]     # packs the image list on the CPU: the timed packing cost
+    attention: str = "sdpa"
+    batches: Batches = field(default_factory=list)
+    encode: Callable | None = None  # the compiled encoder it runs with, under --compile
+    times: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in ("train", "eval", "pack", "mask")})
+
+
+def setups_for(images, labels, patch_size: int, device: torch.device) -> list[Setup]:
+    setups = [
+        Setup("padded", lambda: [(pack(images, patch_size, one_per_row=True), labels)]),
+        Setup("packed256", lambda: [(pack(images, patch_size, 256), labels)]),
+        Setup("packed512", lambda: [(pack(images, patch_size, 512), labels)]),
+        Setup("grouped", lambda: grouped(images, labels, patch_size)),
+    ]
+    if device.type == "cuda":
+        setups.append(Setup("flex256", lambda: [(pack(images, patch_size, 256), labels)], attention="flex"))
+    return setups
+
+
+# ---- FLOPs ------------------------------------------------------------------------------------
+
+def attention_pairs(batch: PackedBatch, kind: str) -> int:
+    """(query, key) pairs scored per head and layer: 'useful' (each image with itself), 'dense'
+    (every row's L x L) or 'blocks' (flex: whole 128 x 128 tiles holding a pair of one image)."""
+    ids = batch.image_ids
+    if kind == "useful":
+        return int((torch.bincount(ids[ids != PAD]).long() ** 2).sum())
+    if kind == "dense":
+        return batch.num_rows * batch.row_len ** 2
+    tiles = -(-batch.row_len // FLEX_BLOCK)
+    # Codes: 0 past the row's end (in no pair), 1 padding (attends to padding), 2+ the images.
+    codes = F.pad(ids + 2, (0, tiles * FLEX_BLOCK - batch.row_len), value=0)
+    onehot = F.one_hot(codes, batch.num_images + 2)[..., 1:]
+    present = onehot.reshape(batch.num_rows, tiles, FLEX_BLOCK, -1).amax(2).float()  # [R, tiles, codes]
+    return int((present @ present.transpose(1, 2) > 0).sum()) * FLEX_BLOCK ** 2
+
+
+def forward_flops(model: NaViT, batches: Batches, kind: str) -> float:
+    """Forward FLOPs of a list of batches; kind as in attention_pairs ('useful' also skips padding)."""
+    per_token = model.patch_embed.weight.numel() + sum(
+        m.weight.numel() for m in model.blocks.modules() if isinstance(m, nn.Linear))
+    dim, depth = model.head.in_features, len(model.blocks)
+    total = 0.0
+    for batch, _ in batches:
+        tokens = batch.num_tokens if kind == "useful" else batch.num_rows * batch.row_len
+        total += 2 * per_token * tokens + depth * 4 * dim * attention_pairs(batch, kind)
+        total += 2 * model.head.weight.numel() * batch.num_images
+    return total
+
+
+# ---- timing -----------------------------------------------------------------------------------
+
+class Timer:
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        self.sync()
+        start = time.perf_counter()
+        fn()
+        self.sync()
+        return time.perf_counter() - start
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def train_step(model: NaViT, optimizer, batches: Batches, num_images: int, amp) -> None:
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    for batch, labels in batches:
+        with amp():
+            logits = model(batch)
+        (F.cross_entropy(logits.float(), labels, reduction="sum") / num_images).backward()
+    optimizer.step()
+
+
+def eval_step(model: NaViT, batches: Batches, amp) -> None:
+    model.eval()
+    with torch.no_grad(), amp():
+        for batch, _ in batches:
+            model(batch)
+
+
+def graph_count() -> int:
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
+def median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    return statistics.median(n / d for n, d in zip(numerators, denominators))
+
+
+def run(args, command: str) -> dict:
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda: no CUDA device is visible to torch")
+    dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
+    if dtype == "bf16":
+        amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
+    else:
+        amp = contextlib.nullcontext
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    peak = args.peak_tflops or (peak_tflops(device_name) if device.type == "cuda" else None)
+
+    images, labels = standard_batch(args.images, args.patch, args.seed)
+    torch.manual_seed(args.seed)
+    model = build_model(args.variant, NUM_CLASSES, args.patch, args.dim, args.depth, args.heads).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    timer = Timer(device)
+    setups = setups_for(images, labels, args.patch, device)
+    if args.compile:
+        # Bucketed setups see a few static shapes. Grouped has one shape per token count (and
+        # bucket padding would add the mask it exists to avoid), so it gets a dynamic-shape graph.
+        torch._dynamo.config.recompile_limit = 64
+        static, dynamic = (torch.compile(model.encode, dynamic=d) for d in (False, True))
+        for s in setups:
+            s.encode = dynamic if s.name == "grouped" else static
+            if s.name != "grouped":
+                s.make = lambda make=s.make: [(pad_to_buckets(b), y) for b, y in make()]
+    for s in setups:
+        s.batches = [(b.to(device), y.to(device)) for b, y in s.make()]
+
+    def use(s: Setup) -> None:
+        model.attention, model.compiled_encode = s.attention, s.encode
+
+    compile_info = None
+    if args.compile:
+        started = time.perf_counter()
+        for s in setups:
+            use(s)
+            timer(lambda: train_step(model, optimizer, s.batches, len(images), amp))
+            timer(lambda: eval_step(model, s.batches, amp))
+        compile_info = {"first_steps_s": time.perf_counter() - started, "graphs": graph_count()}
+
+    with OtherLoad() as load:
+        for round_ in range(args.warmup + args.steps):
+            for s in setups:
+                use(s)
+                sample = {
+                    "train": timer(lambda: train_step(model, optimizer, s.batches, len(images), amp)),
+                    "eval": timer(lambda: eval_step(model, s.batches, amp)),
+                    "pack": timer(s.make),
+                    "mask": timer(lambda: [model.build_mask(b) for b, _ in s.batches]),
+                }
+                if round_ >= args.warmup:
+                    for key, value in sample.items():
+                        s.times[key].append(value)
+    if compile_info is not None:
+        steady = sum(statistics.median(s.times["train"]) + statistics.median(s.times["eval"]) for s in setups)
+        compile_info["compile_s"] = compile_info["first_steps_s"] - steady
+        compile_info["recompiles_after_warmup"] = graph_count() - compile_info["graphs"]
+
+    rows = [describe(s, setups[0], model, len(images), peak) for s in setups]
+    result = {
+        "command": command,
+        "device": device_name, "device_type": device.type, "dtype": dtype,
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "settings": {k: v for k, v in vars(args).items() if k != "json"},
+        "batch": {"images": len(images), "real_tokens": rows[0]["real_tokens"],
+                  "longest_image_tokens": max((i.shape[1] // args.patch) * (i.shape[2] // args.patch) for i in images)},
+        "peak_bf16_tflops": peak, "compile": compile_info, "other_load": load.share, "setups": rows,
+    }
+    result["data_pipeline"] = None if args.skip_data else data_pipeline(Path(args.experiment), device, amp,
+                                                                         args.steps, args.warmup)
+    result["targets"] = targets(result)
+    return result
+
+
+def describe(s: Setup, padded: Setup, model: NaViT, num_images: int, peak: float | None) -> dict:
+    med = {k: statistics.median(v) for k, v in s.times.items()}
+    real = sum(b.num_tokens for b, _ in s.batches)
+    slots = sum(b.image_ids.numel() for b, _ in s.batches)
+    useful = 3 * forward_flops(model, s.batches, "useful")
+    computed = 3 * forward_flops(model, s.batches, "blocks" if s.attention == "flex" else "dense")
+    achieved = useful / med["train"]
+    return {
+        "setup": s.name,
+        "shape": " + ".join(f"{b.num_rows}x{b.row_len}" for b, _ in s.batches) if len(s.batches) < 3
+        else f"{len(s.batches)} groups",
+        "real_tokens": real, "padding_fraction": 1 - real / slots,
+        "train_s": med["train"], "eval_s": med["eval"], "pack_s": med["pack"], "mask_s": med["mask"],
+        "pack_share": med["pack"] / med["train"], "mask_share": med["mask"] / med["train"],
+        "real_tokens_per_s": real / med["train"], "images_per_s": num_images / med["train"],
+        "train_speedup": median_ratio(padded.times["train"], s.times["train"]),
+        "eval_speedup": median_ratio(padded.times["eval"], s.times["eval"]),
+        "train_gflop_computed": computed / 1e9, "useful_tflops": achieved / 1e12,
+        "mfu": achieved / (peak * 1e12) if peak else None,
+        "samples": s.times,
+    }
+
+
+def data_pipeline(path: Path, device: torch.device, amp, steps: int, warmup: int) -> dict | None:
+    """Rendering + packing a training batch vs the experiment's train step (its first variant)."""
+    if not path.exists():
+        return None
+    from .config import load_experiment
+    from .data import TrainBatches, build_source
+    from .train import build_cell_model, make_optimizer
+
+    experiment = load_experiment(path)
+    spec = experiment.variants[0]
+    source = build_source(experiment.data, "train")
+    train = experiment.train
+    batches = TrainBatches(source, experiment.resolution_of(spec), train.token_drop, experiment.model.patch_size,
+                           train.tokens_per_batch, train.max_seq_len, seed=0)
+    model = build_cell_model(experiment, spec, source.num_classes, source.channels, seed=0).to(device)
+    optimizer = make_optimizer(train, model)
+    timer = Timer(device)
+    data, step = [], []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        batch, labels = batches[i]  # rendered and packed on the CPU, as a DataLoader worker would
+        data_s = time.perf_counter() - start
+        batch, labels = batch.to(device), labels.to(device)
+        step_s = timer(lambda: train_step(model, optimizer, [(batch, labels)], labels.numel(), amp))
+        if i >= warmup:
+            data.append(data_s)
+            step.append(step_s)
+    return {"experiment": experiment.name, "variant": spec.label, "data_s": statistics.median(data),
+            "train_s": statistics.median(step), "share": median_ratio(data, step)}
+
+
+def targets(result: dict) -> dict:
+    by_name = {row["setup"]: row for row in result["setups"]}
+    packed, grouped_row = by_name["packed256"], by_name["grouped"]
+    pipeline = result["data_pipeline"]
+    return {
+        "packed256_train_speedup": packed["train_speedup"],
+        # What the speedup would be if time followed the computed FLOPs.
+        "packed256_flop_bound": by_name["padded"]["train_gflop_computed"] / packed["train_gflop_computed"],
+        "packed256_over_grouped_train_time": median_ratio(packed["samples"]["train"], grouped_row["samples"]["train"]),
+        "packed256_mask_and_pack_share": packed["pack_share"] + packed["mask_share"],
+        "data_pipeline_share": pipeline["share"] if pipeline else None,
+    }
+
+
+# ---- output -----------------------------------------------------------------------------------
+
+def table(result: dict) -> str:
+    on_gpu = result["device_type"] == "cuda"
+    head = ["setup", "rows x len", "padding", "train ms", "eval ms", "real tok/s", "images/s", "pack",
+            "mask", "train speedup", "eval speedup", "GFLOP/step", "useful TFLOP/s"] + (["MFU"] if on_gpu else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["setups"]:
+        cells = [r["setup"], r["shape"], f"{r['padding_fraction']:.1%}", f"{r['train_s'] * 1e3:.0f}",
+                 f"{r['eval_s'] * 1e3:.0f}", f"{r['real_tokens_per_s']:,.0f}", f"{r['images_per_s']:.1f}",
+                 f"{r['pack_share']:.2%}", f"{r['mask_share']:.2%}", f"{r['train_speedup']:.2f}x",
+                 f"{r['eval_speedup']:.2f}x", f"{r['train_gflop_computed']:.1f}", f"{r['useful_tflops']:.3f}"]
+        if on_gpu:
+            cells.append("-" if r["mfu"] is None else f"{r['mfu']:.1%}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary(result: dict) -> str:
+    s, t, b = result["settings"], result["targets"], result["batch"]
+    lines = [
+        f"{result['command']}",
+        f"device: {result['device']} ({result['device_type']}, threads: {result['threads']}), torch {result['torch']}, "
+        f"{result['dtype']}; model: {s['variant']} dim {s['dim']} depth {s['depth']} heads {s['heads']} "
+        f"patch {s['patch']}; batch: {b['images']} images, {b['real_tokens']} real tokens, longest "
+        f"{b['longest_image_tokens']} (seed {s['seed']}); median of {s['steps']} interleaved rounds "
+        f"after {s['warmup']} warm-up; other processes used "
+        f"{'?' if result['other_load'] is None else format(result['other_load'], '.0%')} of the CPU meanwhile",
+        "",
+        table(result),
+        "",
+        f"packed256 train speedup over padded: {t['packed256_train_speedup']:.2f}x (target >= 2.5x; "
+        f"{t['packed256_flop_bound']:.2f}x if time followed the computed FLOPs)",
+        f"packed256 train time / grouped: {t['packed256_over_grouped_train_time']:.3f} (target <= 1.10)",
+        f"mask + packing: {t['packed256_mask_and_pack_share']:.2%} of the packed256 train step (target < 3%)",
+    ]
+    p = result["data_pipeline"]
+    if p:
+        lines.append(f"data pipeline: rendering + packing a training batch of {p['experiment']} takes "
+                     f"{p['data_s'] * 1e3:.0f} ms, {p['share']:.1%} of its {p['train_s'] * 1e3:.0f} ms train "
+                     f"step ({p['variant']}) (target < 10%)")
+    else:
+        lines.append(f"data pipeline: not measured (--skip-data, or no {s['experiment']})")
+    c = result["compile"]
+    if c:
+        lines.append(f"torch.compile: {c['compile_s']:.1f} s compiling (first steps minus steady ones), "
+                     f"{c['graphs']} graphs, {c['recompiles_after_warmup']} recompiles after warm-up")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), help="bf16 autocast (default: bf16 on cuda, fp32 on cpu)")
+    parser.add_argument("--json", help="also write every number and raw sample here")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks, rows and "
+                                                               "lengths padded to buckets; reports compile time")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, one per core)")
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default="factorized_abs_learned")
+    parser.add_argument("--patch", type=int, default=16)
+    parser.add_argument("--dim", type=int, default=192)
+    parser.add_argument("--depth", type=int, default=6)
+    parser.add_argument("--heads", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=7, help="timed rounds (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
+    parser.add_argument("--peak-tflops", type=float, help="bf16 peak for MFU when the device is not in the table")
+    parser.add_argument("--experiment", default=str(DEFAULT_EXPERIMENT),
+                        help="experiment whose training batch and step the data pipeline is timed against "
+                             "(default: %(default)s)")
+    parser.add_argument("--skip-data", action="store_true", help="skip the data-pipeline measurement")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        if args.images < 1 or args.steps < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
+            raise BenchError("--images, --steps and --threads must be >= 1, --warmup >= 0")
+        result = run(args, "python -m bench.perf " + shlex.join(argv))
+    except BenchError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(summary(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
