@@ -1,9 +1,8 @@
 #!/usr/bin/env python
-"""NaViT Bench runner (placeholder until the runner lands): --list prints the variants."""
+"""NaViT Bench runner. `python run_all.py --help`; docs/runner.md describes configs and results."""
 import sys
 
-import bench
+from bench.cli import main
 
 if __name__ == "__main__":
-    if "--list" in sys.argv[1:]:
-        print("\n".join(bench.list_variants()))
+    sys.exit(main())

@@ -117,9 +117,9 @@ def eval_sizes(grid: EvalGridConfig, patch_size: int) -> list[tuple[int, int]]:
                 raise ConfigError(f"grid.sizes[{i}]", f"{height}x{width} is not a positive multiple of patch_size {p}")
             sizes.append((height, width))
     else:
-        sides = grid.sides or list(DEFAULT_SIDES)
+        sides = grid.sides or [round_to_patch(side, p) for side in DEFAULT_SIDES]
         for i, side in enumerate(sides):
-            if side < p:
-                raise ConfigError(f"grid.sides[{i}]", f"{side} is smaller than patch_size {p}")
+            if side < p or side % p:
+                raise ConfigError(f"grid.sides[{i}]", f"{side} is not a positive multiple of patch_size {p}")
         sizes = [aspect_size(side, aspect, p) for side in sides for aspect in grid.aspects or [1.0]]
     return list(dict.fromkeys(sizes))

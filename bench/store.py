@@ -1,0 +1,224 @@
+"""The results store: one JSON file per finished cell, and a CSV rebuilt from them.
+
+Layout of an output directory DIR::
+
+    cells/<label>__<seed>.json        one finished cell (status "ok" or "failed")
+    checkpoints/<label>__<seed>.pt    mid-cell training state, removed when the cell finishes
+    locks/<label>__<seed>.lock        held (flock) by the process training that cell
+    locks/store.lock                  held while a cell is added or metrics.csv / the report rebuilt
+    metrics.csv                       long format, one row per (cell, eval size)
+
+Every file is written to a temporary file in its own folder, fsynced, then renamed over its
+target, so a reader or a crash never sees half a file, and a failed write (disk full) leaves the
+previous version in place. Locks are advisory flocks: the kernel drops them when a process dies,
+so a killed run never leaves a cell claimed. Several processes (shards, or two copies of one
+shard) can share DIR: a cell is trained by whoever claims it first, and cells are added and
+metrics.csv rebuilt under one lock, so the last rebuild always sees every finished cell.
+"""
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .config import differing_keys
+from .errors import BenchError
+
+METRICS_COLUMNS = ["variant", "base_variant", "seed", "eval_height", "eval_width", "aspect", "side",
+                   "num_tokens", "accuracy", "loss", "in_train_range", "train_range", "at_train_res"]
+# What a cell must share with the config that would re-run it, besides the config hash.
+CELL_IDENTITY = ("base_variant", "options", "resolution")
+
+
+class StoreError(BenchError):
+    """A results directory that cannot be used or written."""
+
+
+def cell_name(label: str, seed: int) -> str:
+    return f"{label}__{seed}"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` all at once, or leave it untouched and raise StoreError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise StoreError(f"could not write {path}: {error.strerror or error}") from None
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the folder entry is on disk.
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.cells_dir = self.root / "cells"
+        self.checkpoints_dir = self.root / "checkpoints"
+        self.locks_dir = self.root / "locks"
+        self.metrics_path = self.root / "metrics.csv"
+
+    # ---- checks that write nothing -----------------------------------------------------------
+
+    def check_writable(self) -> None:
+        """Fail now, before any training, if DIR cannot be created or written."""
+        existing = self.root
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise StoreError(f"cannot use output dir {self.root}: {existing} is not a folder")
+        for folder in [existing] + [d for d in (self.cells_dir, self.checkpoints_dir, self.locks_dir) if d.is_dir()]:
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise StoreError(f"cannot write to output dir {self.root}: {folder} is not writable")
+
+    def check_compatible(self, config_hash: str, config: dict, identities: dict[str, dict]) -> None:
+        """Refuse to add cells to results made with a different config.
+
+        ``identities`` maps each planned variant label to what its stored cells must match
+        (registry name, options, resolution), so an edited variant entry is not reused either.
+        """
+        for name, cell in self.cells().items():
+            if cell["config_hash"] != config_hash:
+                keys = differing_keys(cell.get("config", {}), config) or ["config hash"]
+                raise StoreError(f"{self.root} holds results of a different config (cell {name} differs in "
+                                 f"{', '.join(keys)}); run with a new --out, e.g. --out {self.free_sibling()}")
+            expected = identities.get(cell["variant"])
+            if expected is not None:
+                stored = {key: cell.get(key) for key in expected}
+                keys = differing_keys(stored, expected, f"variants[{cell['variant']}]")
+                if keys:
+                    raise StoreError(f"{self.root} holds cell {name} made with a different variant entry "
+                                     f"(differs in {', '.join(keys)}); give the entry a new label or run "
+                                     f"with a new --out, e.g. --out {self.free_sibling()}")
+
+    def free_sibling(self) -> Path:
+        n = 2
+        while self.root.with_name(f"{self.root.name}-{n}").exists():
+            n += 1
+        return self.root.with_name(f"{self.root.name}-{n}")
+
+    # ---- cells -------------------------------------------------------------------------------
+
+    def cell_path(self, label: str, seed: int) -> Path:
+        return self.cells_dir / f"{cell_name(label, seed)}.json"
+
+    def checkpoint_path(self, label: str, seed: int) -> Path:
+        return self.checkpoints_dir / f"{cell_name(label, seed)}.pt"
+
+    def read_cell(self, label: str, seed: int) -> dict | None:
+        path = self.cell_path(label, seed)
+        return _read_json(path) if path.exists() else None
+
+    def cells(self) -> dict[str, dict]:
+        """Every finished cell, by file name (temporary files of writes in flight are ignored)."""
+        if not self.cells_dir.is_dir():
+            return {}
+        return {path.stem: _read_json(path) for path in sorted(self.cells_dir.glob("*.json"))
+                if not path.name.startswith(".")}
+
+    def write_cell(self, cell: dict) -> Path:
+        path = self.cell_path(cell["variant"], cell["seed"])
+        atomic_write(path, json.dumps(cell, indent=1, allow_nan=True).encode())
+        self.checkpoint_path(cell["variant"], cell["seed"]).unlink(missing_ok=True)
+        return path
+
+    @contextmanager
+    def claim(self, label: str, seed: int) -> Iterator[bool]:
+        """Yield True while this process holds the cell's lock, False if another process does."""
+        with self._lock(self.locks_dir / f"{cell_name(label, seed)}.lock", wait=False) as held:
+            yield held
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self, label: str, seed: int, state: dict) -> None:
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        atomic_write(self.checkpoint_path(label, seed), buffer.getvalue())
+
+    def load_checkpoint(self, label: str, seed: int) -> dict | None:
+        path = self.checkpoint_path(label, seed)
+        if not path.exists():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # a checkpoint we cannot read only costs a restart of the cell
+            raise StoreError(f"{path} is unreadable ({type(error).__name__}); delete it to restart "
+                             "that cell from scratch") from None
+
+    # ---- metrics.csv -------------------------------------------------------------------------
+
+    @contextmanager
+    def publishing(self) -> Iterator[None]:
+        """Hold the store-wide lock under which cells are added, metrics.csv rebuilt and the
+        report written, so whoever holds it sees the three agree. Not re-entrant."""
+        with self._lock(self.locks_dir / "store.lock", wait=True):
+            yield
+
+    def publish(self, cell: dict) -> None:
+        """Add a finished cell and rebuild metrics.csv with it."""
+        with self.publishing():
+            self.write_cell(cell)
+            self.rebuild_metrics()
+
+    def rebuild_metrics(self) -> int:
+        """Rewrite metrics.csv from cells/ (rows of ok cells, sorted); returns the row count.
+        Call it under ``publishing()`` when other processes may share the directory."""
+        rows = metric_rows(self.cells().values())
+        text = io.StringIO()
+        writer = csv.DictWriter(text, METRICS_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.metrics_path, text.getvalue().encode())
+        return len(rows)
+
+    @contextmanager
+    def _lock(self, path: Path, wait: bool) -> Iterator[bool]:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise StoreError(f"could not create lock file {path}: {error.strerror or error}") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                held = True
+            except BlockingIOError:
+                held = False
+            yield held
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def metric_rows(cells) -> list[dict]:
+    rows = [{"variant": cell["variant"], "base_variant": cell["base_variant"], "seed": cell["seed"],
+             **{key: row[key] for key in METRICS_COLUMNS[3:]}}
+            for cell in cells if cell["status"] == "ok" for row in cell["eval"]]
+    return sorted(rows, key=lambda r: (r["variant"], r["seed"], r["eval_height"], r["eval_width"]))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise StoreError(f"{path} is not a readable cell file ({error}); delete it to re-run that cell") from None

@@ -1,0 +1,290 @@
+"""The runner end to end on a tiny experiment: the results store, resuming, failures, shards, DDP."""
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import bench
+from bench import cli, posembed
+from bench.cli import Cell, main, plan_cells
+from bench.config import load_experiment
+from bench.data import TrainBatches, build_source
+from bench.store import METRICS_COLUMNS, Store
+from bench.train import CellTrainer, Interrupted, Ranks, build_cell_model
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = """
+name: tiny
+data: {name: synthetic, task: abs_position, train_size: 256, test_size: 24}
+model: {patch_size: 4, dim: 16, depth: 1, heads: 2}
+variants: [nope, {name: factorized_abs_learned, combine: stack}, rope_axial]
+seeds: [0, 1]
+train: {steps: 8, tokens_per_batch: 128, max_seq_len: 64, lr: 0.003, warmup_steps: 2, checkpoint_every: 3,
+        resolution: {mode: navit, min_side: 16, max_side: 24}}
+eval: {grid: {sides: [8, 16, 24, 48], aspects: [0.5, 1.0]}, tokens_per_batch: 1024, max_seq_len: 64}
+"""
+CELLS = ["factorized_abs_learned+stack__0", "factorized_abs_learned+stack__1", "nope__0", "nope__1",
+         "rope_axial__0", "rope_axial__1"]
+
+
+def write_config(folder: Path, text: str = TINY, **replace) -> Path:
+    for old, new in replace.items():
+        assert old in text, old
+        text = text.replace(old, new)
+    path = folder / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "run_all.py"), *map(str, args)], capture_output=True,
+                          text=True, cwd=REPO, **kwargs)
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny experiment run once, uninterrupted, in-process: the reference for other tests."""
+    folder = tmp_path_factory.mktemp("finished")
+    config = write_config(folder)
+    assert main(["--config", str(config), "--out", str(folder / "out")]) == 0
+    return config, folder / "out"
+
+
+def test_run_writes_the_results_store(finished):
+    config, out = finished
+    store = Store(out)
+    cells = store.cells()
+    assert sorted(cells) == CELLS
+    assert not list(store.checkpoints_dir.glob("*")), "checkpoints are removed when a cell finishes"
+    sizes = load_experiment(config).eval_sizes()
+    for name, cell in cells.items():
+        assert cell["status"] == "ok" and cell["reason"] is None
+        assert cell["param_count"] == sum(p.numel() for p in build_cell_model(
+            load_experiment(config), load_experiment(config).variant(cell["variant"]), 9, 3, 0).parameters())
+        assert cell["steps"] == 8 and len(cell["train_losses"]) == 8 and cell["train_time_s"] > 0
+        assert [(r["eval_height"], r["eval_width"]) for r in cell["eval"]] == sizes
+        assert cell["train_resolution"] == {"mode": "navit", "min_side": 16, "max_side": 24, "reference_side": 16}
+    # Equal budget and data order: every variant of a seed saw the very same images and tokens.
+    for seed in (0, 1):
+        seen = {(c["tokens_seen"], c["images_seen"]) for c in cells.values() if c["seed"] == seed}
+        assert len(seen) == 1
+    with open(out / "metrics.csv") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert reader.fieldnames == METRICS_COLUMNS and len(rows) == len(CELLS) * len(sizes)
+    square = [r for r in rows if r["variant"] == "nope" and r["seed"] == "0" and r["eval_width"] == r["eval_height"]]
+    assert [(r["side"], r["train_range"], r["in_train_range"], r["at_train_res"]) for r in square] == [
+        ("8", "below", "False", "False"), ("16", "in", "True", "True"), ("24", "in", "True", "False"),
+        ("48", "above", "False", "False")]
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 and float(r["loss"]) > 0 for r in rows)
+    assert (out / "report.md").exists(), "the report is written at the end of every run"
+
+
+def test_rerun_skips_finished_cells(finished, monkeypatch):
+    config, out = finished
+    before = snapshot(out / "cells")
+    monkeypatch.setattr(CellTrainer, "run", lambda *a: pytest.fail("a finished cell was trained again"))
+    assert main(["--config", str(config), "--out", str(out)]) == 0
+    assert snapshot(out / "cells") == before
+
+
+def test_resumed_training_is_bit_identical(finished, tmp_path):
+    experiment = load_experiment(finished[0])
+    spec, train = experiment.variant("factorized_abs_learned+stack"), experiment.train
+    source = build_source(experiment.data, "train")
+    store = Store(tmp_path)
+
+    def train_model(**hooks):
+        model = build_cell_model(experiment, spec, source.num_classes, source.channels, seed=1)
+        batches = TrainBatches(source, train.resolution, train.token_drop, 4, train.tokens_per_batch,
+                               train.max_seq_len, seed=1)
+        trainer = CellTrainer(train, torch.device("cpu"), Ranks(), show_progress=False, **hooks)
+        return model, trainer.run(model, batches)
+
+    reference, reference_state = train_model()
+    checkpoints = dict(save=lambda state: store.save_checkpoint("x", 1, state),
+                       load=lambda: store.load_checkpoint("x", 1))
+    calls = []
+    with pytest.raises(Interrupted):  # stop after step 5: between the checkpoints at 3 and 6
+        train_model(should_stop=lambda: calls.append(1) or len(calls) == 5, **checkpoints)
+    assert store.load_checkpoint("x", 1)["state"]["step"] == 5
+    resumed, state = train_model(**checkpoints)
+    assert state.losses == reference_state.losses
+    assert (state.tokens_seen, state.images_seen) == (reference_state.tokens_seen, reference_state.images_seen)
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_sigkill_after_first_cell_then_rerun_gives_identical_metrics(finished, tmp_path):
+    config, reference = finished
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, str(REPO / "run_all.py"), "--config", str(config), "--out", str(out)],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((out / "cells").glob("*.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    first = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    assert 1 <= len(first) < len(CELLS), "the kill must land after the first cell and before the last"
+    assert main(["--config", str(config), "--out", str(out)]) == 0
+    assert (out / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+    assert all((out / "cells" / name).read_bytes() == data for name, data in first.items())
+
+
+def test_non_finite_loss_fails_only_that_cell(tmp_path, monkeypatch):
+    def explode(self, coords, grids):
+        return torch.full((coords.shape[0], self.dim), float("inf"))
+
+    monkeypatch.setattr(posembed.FactorizedAbsSinCos, "additive", explode)
+    config = write_config(tmp_path, **{"[nope, {name: factorized_abs_learned, combine: stack}, rope_axial]":
+                                       "[factorized_abs_sincos, nope]", "seeds: [0, 1]": "seeds: [0]"})
+    out = tmp_path / "out"
+    assert main(["--config", str(config), "--out", str(out)]) == 1
+    cells = Store(out).cells()
+    failed, ok = cells["factorized_abs_sincos__0"], cells["nope__0"]
+    assert failed["status"] == "failed" and failed["reason"] == "train loss became nan at step 0"
+    assert failed["eval"] == [] and ok["status"] == "ok"
+    variants = {row["variant"] for row in csv.DictReader(open(out / "metrics.csv"))}
+    assert variants == {"nope"}
+    assert main(["--config", str(config), "--out", str(out)]) == 1, "a recorded failure keeps the exit status"
+
+
+def test_config_change_refuses_to_mix_results(finished, tmp_path, capsys):
+    _, out = finished
+    changed = write_config(tmp_path, **{"lr: 0.003": "lr: 0.01", "dim: 16": "dim: 32"})
+    before = snapshot(out)
+    assert main(["--config", str(changed), "--out", str(out)]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "\n" not in message and "differs in model.dim, train.lr" in message and "--out" in message
+    assert snapshot(out) == before
+
+
+def test_edited_variant_entry_is_not_reused(finished, tmp_path, capsys):
+    _, out = finished
+    edited = write_config(tmp_path, **{"combine: stack}": "combine: stack, label: factorized_abs_learned+stack, "
+                                                           "max_grid: 30}"})
+    assert main(["--config", str(edited), "--out", str(out)]) == 2
+    assert "variants[factorized_abs_learned+stack].options.max_grid" in capsys.readouterr().err
+
+
+def test_growing_the_experiment_reuses_finished_cells(finished, tmp_path, monkeypatch):
+    _, reference = finished
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    grown = write_config(tmp_path, **{"rope_axial]": "rope_axial, factorized_frac_sincos]",
+                                      "seeds: [0, 1]": "seeds: [0, 1, 2]"})
+    monkeypatch.setattr(cli.Runner, "run_cell", lambda self, cell: pytest.fail(f"{cell.name} was trained again"))
+    assert main(["--config", str(grown), "--out", str(out), "--variants", "nope,rope_axial", "--seeds", "1,0"]) == 0
+
+
+def test_shards_partition_the_cells():
+    specs = [type("Spec", (), {"label": v})() for v in bench.list_variants()[:5]]
+    every = {(c.spec.label, c.seed) for c in plan_cells(specs, [0, 1, 2], (0, 1))}
+    for count in (1, 2, 3, 4, 7, 20):
+        shards = [plan_cells(specs, [0, 1, 2], (index, count)) for index in range(count)]
+        names = [(c.spec.label, c.seed) for shard in shards for c in shard]
+        assert len(names) == len(every) and set(names) == every
+        assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_concurrent_shards_and_a_duplicate_share_one_directory(finished, tmp_path):
+    config, reference = finished
+    out = tmp_path / "out"
+    processes = [subprocess.Popen([sys.executable, str(REPO / "run_all.py"), "--config", str(config), "--out", str(out),
+                                   "--shard", shard], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                 for shard in ("0/2", "1/2", "0/2")]
+    assert [p.wait(timeout=300) for p in processes] == [0, 0, 0]
+    assert sorted(Store(out).cells()) == CELLS
+    assert (out / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+    assert not [p for p in out.rglob("*.tmp")], "no temporary file is left behind"
+
+
+def test_ddp_two_processes_match_one(finished, tmp_path):
+    config, reference = finished
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(REPO / "run_all.py"), "--config", str(config), "--out", str(out),
+                           "--variants", "factorized_abs_learned+stack", "--seeds", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = Store(reference).read_cell("factorized_abs_learned+stack", 1)
+    double = Store(out).read_cell("factorized_abs_learned+stack", 1)
+    assert double["world_size"] == 2 and single["world_size"] == 1
+    assert (double["tokens_seen"], double["images_seen"]) == (single["tokens_seen"], single["images_seen"])
+    assert double["train_losses"] == pytest.approx(single["train_losses"], rel=1e-4, abs=1e-5)
+    for a, b in zip(single["eval"], double["eval"]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
+        assert abs(a["accuracy"] - b["accuracy"]) <= 1 / 24 + 1e-9  # at most one borderline image flips
+
+
+def test_quick_experiment_runs_end_to_end(tmp_path):
+    out = tmp_path / "quick"
+    done = run_cli("--config", REPO / "experiments" / "quick.yaml", "--out", out, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = Store(out).cells()
+    assert sorted(cell["base_variant"] for cell in cells.values()) == sorted(bench.list_variants())
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == len(cells) * len(load_experiment(REPO / "experiments" / "quick.yaml").eval_sizes())
+    assert (out / "report.md").exists() and "11/11 cells finished" in done.stdout
+
+
+def test_report_only_rebuilds_metrics(finished, tmp_path):
+    config, reference = finished
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    (out / "metrics.csv").unlink()
+    assert main(["--config", str(config), "--out", str(out), "--report-only"]) == 0
+    assert (out / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+
+
+def test_list_prints_the_registered_variants(capsys):
+    assert main(["--list"]) == 0
+    assert capsys.readouterr().out.split() == bench.list_variants()
+
+
+@pytest.mark.parametrize("flags, culprit", [
+    (["--shard", "2/2"], "--shard '2/2'"),
+    (["--shard", "x"], "--shard 'x'"),
+    (["--seeds", "0,-1"], "--seeds: "),
+    (["--seeds", "a"], "--seeds 'a'"),
+    (["--variants", "nope,rope"], "--variants: 'rope' is not a variant of this experiment"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--device", "cuda"], "device cuda: torch sees no CUDA GPU"),
+])
+def test_user_mistakes_exit_2_with_one_line(finished, tmp_path, capsys, monkeypatch, flags, culprit):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config, _ = finished
+    out = tmp_path / "out"
+    assert main(["--config", str(config), "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and culprit in err
+    assert not out.exists(), "nothing is written on a user mistake"
+
+
+def test_cli_subprocess_reports_config_errors_without_traceback(tmp_path):
+    config = write_config(tmp_path, **{"steps: 8": "stepz: 8"})
+    done = run_cli("--config", config, "--out", tmp_path / "out")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "error: train.stepz: unknown key (did you mean 'steps'?); valid keys: " + \
+        "steps, tokens_per_batch, max_seq_len, optimizer, lr, min_lr, schedule, warmup_steps, weight_decay, " \
+        "beta1, beta2, grad_clip, resolution, token_drop, num_workers, checkpoint_every"
+
+
+def test_plan_is_seed_major():
+    specs = [type("Spec", (), {"label": v})() for v in ("a", "b")]
+    assert [Cell(c.spec, c.seed).name for c in plan_cells(specs, [0, 1], (0, 1))] == ["a__0", "b__0", "a__1", "b__1"]
