@@ -17,8 +17,10 @@ run: $(VENV)/installed
 quick: $(VENV)/installed
 	$(PY) run_all.py --config experiments/quick.yaml
 
+# One intra-op thread: tests start several torch processes at once (DDP, kill/resume), and on a
+# 2-core machine competing 2-thread ops stall each other by several times.
 test: $(VENV)/installed
-	$(PY) -m pytest -q tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 bench: $(VENV)/installed
 	$(PY) -m bench.perf
