@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from .data import TrainBatches, build_source
 from .errors import BenchError, ConfigError
 from .evaluate import EvalSet, evaluate
 from .posembed import list_variants
-from .store import Store, cell_name
+from .store import Store, WriteError, cell_name
 from .train import (CellTrainer, Interrupted, MemoBatches, Ranks, build_cell_model, init_distributed, param_count,
                     progress, torch_device)
 
@@ -293,6 +294,8 @@ def write_report_for(store: Store, experiment: Experiment, device: torch.device,
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # Warnings (e.g. unreadable images skipped) as one line each, like errors.
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"
     try:
         return _main(argv)
     except BenchError as error:
@@ -333,6 +336,13 @@ def _main(argv: list[str]) -> int:
     resume = " ".join(shlex.quote(part) for part in ["python", "run_all.py", *argv])
     try:
         busy = runner.run(cells)
+        if ranks.is_main:
+            stored = [store.read_cell(c.spec.label, c.seed) for c in cells]
+            if store.cells():
+                write_report_for(store, experiment, device, ranks)
+    except WriteError as error:   # disk full or an I/O error: what was finished stays valid
+        print(f"error: {error}; finished cells are kept. Resume with: {resume}", file=sys.stderr)
+        return 3
     except Interrupted as stopped:
         if ranks.is_main:
             print(f"interrupted ({stopped}); progress is saved in {store.root}. Resume with: {resume}",
@@ -345,10 +355,7 @@ def _main(argv: list[str]) -> int:
         return 130
     if not ranks.is_main:
         return 0
-    stored = [store.read_cell(c.spec.label, c.seed) for c in cells]
     failed = [c.name for c, cell in zip(cells, stored) if cell is not None and cell["status"] != "ok"]
-    if store.cells():
-        write_report_for(store, experiment, device, ranks)
     done = sum(cell is not None for cell in stored)
     print(f"{done}/{len(cells)} cells finished in {store.root} ({time.perf_counter() - started:.0f} s)"
           + (f"; failed: {', '.join(failed)}" if failed else "")

@@ -6,6 +6,8 @@ of the token inside its image's patch grid. Token order inside a row never carri
 """
 from __future__ import annotations
 
+import functools
+from array import array
 from dataclasses import dataclass, fields
 from typing import Sequence
 
@@ -114,8 +116,15 @@ def plan_rows(lengths: Sequence[int], max_seq_len: int | None, one_per_row: bool
     """
     if one_per_row or max_seq_len is None:
         return [[i] for i in range(len(lengths))]
+    return [list(row) for row in _plan(tuple(lengths), max_seq_len)]
+
+
+@functools.lru_cache(maxsize=64)
+def _plan(lengths: tuple[int, ...], max_seq_len: int) -> tuple[tuple[int, ...], ...]:
+    # Memoised: filling a training batch, sharing it across ranks and packing it need one plan.
     order = sorted(range(len(lengths)), key=lambda j: -lengths[j])
-    return min(_first_fit(order, lengths, max_seq_len), _fullest_rows(order, lengths, max_seq_len), key=len)
+    rows = min(_first_fit(order, lengths, max_seq_len), _fullest_rows(order, lengths, max_seq_len), key=len)
+    return tuple(map(tuple, rows))
 
 
 def _first_fit(order: list[int], lengths: Sequence[int], max_seq_len: int) -> list[list[int]]:
@@ -164,10 +173,14 @@ def _fullest_rows(order: list[int], lengths: Sequence[int], max_seq_len: int) ->
     return rows
 
 
-def keep_counts(lengths: Tensor, drop_rates: Tensor) -> Tensor:
-    """Tokens kept per image under continuous token dropping: at least one per image."""
-    kept = torch.round(lengths.double() * (1.0 - drop_rates.double().clamp(0.0, 1.0))).long()
-    return kept.clamp(min=1, max=None).minimum(lengths)
+def keep_count(length: int, drop_rate: float) -> int:
+    """Tokens an image of ``length`` tokens keeps under continuous token dropping: at least one."""
+    return min(length, max(1, round(length * (1.0 - min(max(drop_rate, 0.0), 1.0)))))
+
+
+# A whole image of at least this many values is copied into its row on its own: one strided
+# copy then beats concatenating it first. Smaller images are gathered all at once.
+_COPY_MIN_NUMEL = 1 << 13
 
 
 def pack(images: Sequence[Tensor], patch_size: int, max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
@@ -180,42 +193,89 @@ def pack(images: Sequence[Tensor], patch_size: int, max_seq_len: int | None = DE
     The row length is the fullest row's length, so no row carries unused capacity.
     """
     validate_images(images, patch_size, channels)
-    p = patch_size
-    grids = torch.tensor([[img.shape[1] // p, img.shape[2] // p] for img in images], dtype=torch.long)
-    lengths = grids[:, 0] * grids[:, 1]
-    kept = lengths if drop_rates is None else keep_counts(lengths, torch.as_tensor(drop_rates))
+    p, c = patch_size, images[0].shape[0]
+    shapes = [img.shape for img in images]
+    if any(shape[0] != c for shape in shapes):
+        raise ValueError(f"images have {sorted({shape[0] for shape in shapes})} channels: "
+                         "all must have the same")
+    grid_list = [(H // p, W // p) for _, H, W in shapes]
+    grids = _longs([side for grid in grid_list for side in grid]).view(-1, 2)
+    lengths = [h * w for h, w in grid_list]
+    kept = lengths
+    if drop_rates is not None:
+        kept = [keep_count(n, rate) for n, rate in zip(lengths, torch.as_tensor(drop_rates).tolist())]
+    rows = plan_rows(kept, max_seq_len, one_per_row)
+    fills = [sum(kept[i] for i in row) for row in rows]
+    row_len = max(fills)
+    num_slots = len(rows) * row_len  # the [R, L] layout, flattened
 
-    kept_list, grid_list = kept.tolist(), grids.tolist()
-    rows = plan_rows(kept_list, max_seq_len, one_per_row)
-    row_len = max(sum(kept_list[i] for i in row) for row in rows)
-    c = images[0].shape[0]
-    dtype = images[0].dtype
-    patches = torch.empty(len(rows), row_len, c * p * p, dtype=dtype)  # zeroed at padding below
-    image_ids = torch.full((len(rows), row_len), PAD, dtype=torch.long)
-    coords = torch.zeros(len(rows), row_len, 2, dtype=torch.long)
-    grid_coords: dict[tuple[int, int], Tensor] = {}  # images of one size share their (row, col) table
-
+    # One line of plain ints per image, in packed order: image index | tokens | tokens of the
+    # images before it | kept tokens | slot of its first kept token minus the kept tokens before
+    # it | grid width | its first pixel in the gathered buffer, in runs of p values (-1: copied).
+    table, gathered, copied = [], [], []
+    seen = kept_seen = start = 0
     for r, row in enumerate(rows):
-        start = 0
+        slot = r * row_len
         for i in row:
-            h, w = grid_list[i]
-            n = kept_list[i]
-            if (h, w) not in grid_coords:
-                rows_cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-                grid_coords[h, w] = torch.stack(rows_cols, -1).view(-1, 2)
-            rc = grid_coords[h, w]
-            if n < h * w:
-                keep = torch.randperm(h * w, generator=generator)[:n].sort().values
-                patches[r, start:start + n] = patchify(images[i], p)[keep]
-                rc = rc[keep]
-            else:  # cut the patches straight into the row: one copy, as patchify orders them
-                cut = images[i].reshape(c, h, p, w, p).permute(1, 3, 0, 2, 4)
-                patches[r, start:start + n].view(h, w, c, p, p).copy_(cut)
-            image_ids[r, start:start + n] = i
-            coords[r, start:start + n] = rc
-            start += n
-        patches[r, start:] = 0
-    return PackedBatch(patches, image_ids, coords, grids, int((lengths - kept).sum()))
+            n, k = lengths[i], kept[i]
+            if k == n and c * n * p * p >= _COPY_MIN_NUMEL:
+                copied.append((i, slot))
+                table += (i, n, seen, k, slot - kept_seen, grid_list[i][1], -1)
+            else:
+                gathered.append(images[i].reshape(-1))
+                table += (i, n, seen, k, slot - kept_seen, grid_list[i][1], start)
+                start += c * n * p
+            seen, kept_seen, slot = seen + n, kept_seen + k, slot + k
+    table = _longs(table).view(-1, 7)
+    tokens = table.index_select(0, torch.repeat_interleave(table[:, 1], output_size=seen))  # per token
+    j = torch.arange(seen) - tokens[:, 2]  # the token's patch index, row-major in its grid
+    if drop_rates is not None:
+        # Rank each image's tokens in a random order: a stable sort by (image, random key) keeps
+        # every image's tokens in their own range of positions, so the token sorted to position
+        # s has rank j[s]. Those ranked below the image's kept count stay, in grid order.
+        key = tokens[:, 2] * (1 << 31) + torch.randint(1 << 31, (seen,), generator=generator)
+        keep = torch.empty_like(j, dtype=torch.bool)
+        keep[key.sort(stable=True).indices] = j < tokens[:, 3]
+        tokens, j = tokens[keep], j[keep]
+    image, n, _, _, shift, w, start = tokens.unbind(1)
+    slot = torch.arange(kept_seen) + shift
+    y = j.div(w, rounding_mode="floor")
+    x = j - y * w
+
+    image_ids = torch.full((num_slots,), PAD, dtype=torch.long).index_copy_(0, slot, image)
+    coords = torch.zeros(num_slots, 2, dtype=torch.long).index_copy_(0, slot, torch.stack((y, x), 1))
+
+    patches = torch.empty(num_slots, c * p * p, dtype=images[0].dtype)
+    if copied:  # the buffer is big: zero only the padding, each row's tail
+        for r, fill in enumerate(fills):
+            patches[r * row_len + fill:(r + 1) * row_len] = 0
+    else:
+        patches.zero_()
+    if gathered:
+        if copied:
+            picked = start >= 0
+            start, y, x, w, n, slot = (v[picked] for v in (start, y, x, w, n, slot))
+        # Value (channel ch, pixel row y*p + py, pixel column x*p + px) of an image of n tokens
+        # and grid width w lies in run start + (y*p*w + x) + ch*(n*p) + py*w of the buffer, at px.
+        runs = torch.stack((torch.addcmul(start + x, y, w, value=p), n * p, w), 1) @ _run_steps(c, p)
+        flat = torch.cat(gathered).view(-1, p).cpu()   # rows are built on the CPU, wherever the images are
+        patches.index_copy_(0, slot, flat.index_select(0, runs.view(-1)).view(len(slot), -1))
+    for i, at in copied:  # straight from the image, in patchify's order
+        (h, w), img = grid_list[i], images[i]
+        patches[at:at + h * w].view(h, w, c, p, p).copy_(img.reshape(c, h, p, w, p).permute(1, 3, 0, 2, 4))
+    return PackedBatch(patches.view(len(rows), row_len, -1), image_ids.view(len(rows), row_len),
+                       coords.view(len(rows), row_len, 2), grids, seen - kept_seen)
+
+
+def _run_steps(channels: int, patch_size: int) -> Tensor:
+    """[3, C*p]: (1, ch, py) of each run of p values of a patch, in (C, p) order."""
+    runs = [(ch, py) for ch in range(channels) for py in range(patch_size)]
+    return _longs([1] * len(runs) + [ch for ch, _ in runs] + [py for _, py in runs]).view(3, -1)
+
+
+def _longs(values: list[int]) -> Tensor:
+    """A long tensor of Python ints: torch.tensor() converts them one by one, ten times slower."""
+    return torch.frombuffer(array("q", values), dtype=torch.long)
 
 
 def bucket(n: int, buckets: Sequence[int]) -> int:

@@ -42,6 +42,17 @@ class StoreError(BenchError):
     """A results directory that cannot be used or written."""
 
 
+class WriteError(StoreError):
+    """A write that failed midway through a run (disk full, I/O error): not the user's mistake."""
+
+
+def _file_mode() -> int:
+    """What open() would give a new file: mkstemp's 0600 would hide results from a shared group."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def cell_name(label: str, seed: int) -> str:
     return f"{label}__{seed}"
 
@@ -51,6 +62,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -58,7 +70,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
-        raise StoreError(f"could not write {path}: {error.strerror or error}") from None
+        raise WriteError(f"could not write {path}: {error.strerror or error}") from None
     _fsync_dir(path.parent)
 
 

@@ -7,7 +7,7 @@ import torch
 from bench.data import (DataConfig, DropConfig, ResolutionConfig, SyntheticSource, TrainBatches, build_source,
                         eval_batches, train_loader)
 from bench.errors import ConfigError
-from bench.packing import PAD, keep_counts, patchify
+from bench.packing import PAD, keep_count, patchify
 
 P = 8
 
@@ -78,9 +78,11 @@ def test_packed_images_are_the_picked_images(source):
     (ResolutionConfig(min_side=32, max_side=64, distribution="truncnorm"), lambda h, w: 9 <= h * w <= 80),
 ])
 def test_every_resolution_mode_batches(source, resolution, check):
-    batch, _ = batches_for(source, resolution=resolution)[0]
-    assert all(check(h, w) for h, w in batch.grids.tolist())
-    assert batch.num_tokens >= 0.9 * 2048
+    batches = batches_for(source, resolution=resolution)
+    steps = [batches[step][0] for step in range(10)]
+    assert all(check(h, w) for batch in steps for h, w in batch.grids.tolist())
+    # A batch ends at the first image that fits no row (up to 48-80 tokens here, in rows of 256).
+    assert sum(batch.num_tokens for batch in steps) >= 0.85 * 10 * 2048
 
 
 def test_constant_token_dropping_keeps_coordinates_and_at_least_one_token(source):
@@ -89,7 +91,7 @@ def test_constant_token_dropping_keeps_coordinates_and_at_least_one_token(source
     picks = batches.picks(3)
     lengths = batch.grids.prod(1)
     kept = torch.bincount(batch.image_ids[batch.valid], minlength=batch.num_images)
-    assert torch.equal(kept, keep_counts(lengths, torch.full((len(picks),), 0.5)))
+    assert kept.tolist() == [keep_count(n, 0.5) for n in lengths.tolist()]
     assert batch.num_dropped == int((lengths - kept).sum()) > 0
     assert_tokens_at_their_coordinates(batch, [source.load(p.index, p.size)[0] for p in picks])
     # More images fit the same budget once tokens are dropped.

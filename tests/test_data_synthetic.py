@@ -1,12 +1,13 @@
 """The embedded synthetic dataset: determinism, geometry, labels, and position-free chance."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import bench
 from bench.data import TASKS, SyntheticSource
-from bench.data.synthetic import NUM_WAVES, SHAPES, Scenes, render
+from bench.data.synthetic import NUM_WAVES, SHAPE_SDFS, SHAPES, EMPTY, Scenes, render, render_sized, sample_scenes
 
 
 def one_object_scene(shape: str, centers, radius: float, color=(1.0, 1.0, 1.0), background=0.0) -> Scenes:
@@ -59,6 +60,61 @@ def test_a_circle_stays_a_circle_at_any_aspect_ratio(size):
     assert abs(rows_hit - diameter) <= 1 and abs(cols_hit - diameter) <= 1
     area = image.sum().item()   # anti-aliased coverage integrates to the disc's area
     assert area == pytest.approx(math.pi * (diameter / 2) ** 2, rel=0.02)
+
+
+def whole_image_render(scenes: Scenes, height: int, width: int) -> torch.Tensor:
+    """The renderer's definition, with no windows: every object evaluated at every pixel."""
+    short = min(height, width)
+    xs = (torch.arange(width) + 0.5) / short
+    ys = (torch.arange(height) + 0.5) / short
+    images = []
+    for i in range(len(scenes)):
+        direction, cycles, phase, amplitude = scenes.waves[i].double().unbind(-1)
+        k = 2 * math.pi * cycles
+        angle = (k * direction.cos())[:, None, None] * xs.double() + (k * direction.sin())[:, None, None] * ys.double()[:, None]
+        texture = (amplitude[:, None, None] * torch.sin(angle + phase[:, None, None])).sum(0)
+        image = (scenes.background[i].double()[:, None, None] + texture).clamp(0, 1)
+        for slot in range(scenes.shapes.shape[1]):
+            shape = int(scenes.shapes[i, slot])
+            if shape == EMPTY:
+                continue
+            cx, cy = scenes.centers[i, slot] * torch.tensor([width / short, height / short])
+            sdf = SHAPE_SDFS[shape]((xs - cx)[None, :], (ys - cy)[:, None], scenes.radii[i, slot])
+            coverage = (0.5 - sdf * short).clamp(0, 1).double()
+            image = image + coverage * (scenes.colors[i, slot].double()[:, None, None] - image)
+        images.append(image)
+    return torch.stack(images).float()
+
+
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("size", [(8, 8), (12, 40), (40, 12), (20, 24), (64, 64)])
+def test_windowed_rendering_equals_evaluating_every_object_everywhere(task, size):
+    # Objects are drawn in windows around them; a window too small would cut anti-aliasing ramps.
+    # One scene at a time: in a batch, windows fit the largest object and so hide a tight fit.
+    scenes = sample_scenes(task, 0, "test", range(100))
+    expected = whole_image_render(scenes, *size)
+    for i in range(len(scenes)):
+        assert (render(scenes.select([i]), *size)[0] - expected[i]).abs().max() < 1e-5, f"scene {i}"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_windows_hold_every_pixel_an_object_touches(shape):
+    # Single objects at random sub-pixel centres and radii, each rendered alone, so its window is
+    # as tight as the renderer ever makes it.
+    generator = torch.Generator().manual_seed(0)
+    centers = 0.1 + 0.8 * torch.rand(300, 2, generator=generator)
+    radii = 0.02 + 0.2 * torch.rand(300, generator=generator)
+    for center, radius in zip(centers.tolist(), radii.tolist()):
+        scene = one_object_scene(shape, [center], radius)
+        assert (render(scene, 16, 24) - whole_image_render(scene, 16, 24)).abs().max() < 1e-5, (center, radius)
+
+
+def test_images_of_mixed_sizes_render_as_they_do_alone():
+    scenes = sample_scenes("control", 1, "train", range(12))
+    sizes = [(8, 8), (16, 40), (40, 16), (24, 24), (12, 36), (64, 8)] * 2
+    for i, image in enumerate(render_sized(scenes, sizes)):
+        alone = render(scenes.select([i]), *sizes[i])[0]
+        assert image.shape == alone.shape and (image - alone).abs().max() < 1e-6
 
 
 def test_edges_are_anti_aliased():
@@ -175,3 +231,18 @@ def test_native_aspect_ratios_follow_the_configured_range():
 def test_out_of_range_index_is_an_error():
     with pytest.raises(IndexError, match="out of range"):
         SyntheticSource("control", "train", 10).load(10, (32, 32))
+
+
+def test_keyed_uniforms_depend_only_on_their_key_and_index():
+    from bench.data.streams import keyed_uniforms
+    table = keyed_uniforms(1, 7, 0, index=range(2000), count=64)
+    assert table.shape == (2000, 64) and table.min() >= 0 and table.max() < 1
+    # A row does not depend on its batch-mates, and another key is another table.
+    assert (keyed_uniforms(1, 7, 0, index=[1999, 5], count=64) == table[[1999, 5]]).all()
+    for other in [(1, 8, 0), (1, 7, 1), (2, 7, 0)]:
+        assert (keyed_uniforms(*other, index=range(2000), count=64) != table).mean() > 0.999
+    # Uniform, and no correlation between neighbouring indices or draws.
+    assert abs(table.mean() - 0.5) < 0.005 and abs(table.var() - 1 / 12) < 0.002
+    neighbours = np.corrcoef(table[:-1].ravel(), table[1:].ravel())[0, 1]        # ~0.003 by chance
+    next_draw = np.corrcoef(table[:, :-1].ravel(), table[:, 1:].ravel())[0, 1]
+    assert abs(neighbours) < 0.015 and abs(next_draw) < 0.015

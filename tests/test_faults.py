@@ -149,8 +149,10 @@ def test_a_failed_write_keeps_the_previous_state_and_names_the_path(reference, t
         fsync(fd)
 
     monkeypatch.setattr(os, "fsync", disk_full)
-    assert main(["--config", str(config), "--out", str(out)]) == 2
-    assert capsys.readouterr().err.splitlines()[-1] == f"error: could not write {target}: No space left on device"
+    assert main(["--config", str(config), "--out", str(out)]) == 3
+    assert capsys.readouterr().err.splitlines()[-1] == (f"error: could not write {target}: No space left on device; "
+                                                        f"finished cells are kept. Resume with: python run_all.py "
+                                                        f"--config {config} --out {out}")
     after = {p.name: p.read_bytes() for p in [*(out / "cells").iterdir(), out / "metrics.csv"]}
     if failing == "cell":
         assert after == before

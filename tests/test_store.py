@@ -28,6 +28,18 @@ def test_atomic_write_replaces_whole_files(tmp_path):
     assert target.read_bytes() == b"two" and os.listdir(target.parent) == ["file.txt"]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_mode_of_a_plain_open(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "metrics.csv", b"x")
+        with open(tmp_path / "plain", "wb"):
+            pass
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "metrics.csv").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_failed_write_keeps_the_previous_version_and_names_the_path(tmp_path, monkeypatch):
     target = tmp_path / "metrics.csv"
     atomic_write(target, b"previous")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -16,11 +16,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
-from ..packing import PackedBatch, keep_counts, pack, plan_rows
+from ..packing import PackedBatch, keep_count, pack, plan_rows
 from .config import DropConfig, ResolutionConfig
 from .resolution import check_resolution, train_size
 from .source import ImageSource
 from .streams import BATCH, stream
+
+
+CANDIDATE_CHUNK = 64   # image indices drawn per call while a batch fills
 
 
 @dataclass
@@ -83,12 +86,11 @@ class TrainBatches(Dataset):
         p, length = self.patch_size, self.max_seq_len
         room = [length] * self.num_rows
         picks: list[Pick] = []
-        while True:
-            index = int(rng.integers(len(self.source)))
+        for index in self._candidates(rng):
             size = train_size(self.resolution, self.source.native_size(index), p, rng, length)
             tokens = (size[0] // p) * (size[1] // p)
             rate = self._drop_rate(rng)
-            kept = int(keep_counts(torch.tensor([tokens]), torch.tensor([rate]))[0])
+            kept = keep_count(tokens, rate)
             row = next((r for r, free in enumerate(room) if free >= kept), None)
             if row is None:
                 break
@@ -99,6 +101,11 @@ class TrainBatches(Dataset):
         while len(plan_rows([pick.kept for pick in picks], length)) > self.num_rows:
             picks.pop()
         return picks
+
+    def _candidates(self, rng: np.random.Generator) -> Iterator[int]:
+        """Image indices, uniform with replacement, drawn a chunk at a time (one numpy call each)."""
+        while True:
+            yield from rng.integers(len(self.source), size=CANDIDATE_CHUNK).tolist()
 
     def _drop_rate(self, rng: np.random.Generator) -> float:
         if self.drop.kind == "constant":
