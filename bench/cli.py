@@ -30,6 +30,7 @@ from .config import (Experiment, VariantSpec, check_seeds, config_hash, hashed_c
 from .data import TrainBatches, build_source
 from .errors import BenchError, ConfigError
 from .evaluate import EvalSet, evaluate
+from .perf import cpu_name
 from .posembed import list_variants
 from .store import Store, WriteError, cell_name
 from .train import (CellTrainer, Interrupted, MemoBatches, Ranks, build_cell_model, init_distributed, param_count,
@@ -264,7 +265,7 @@ def _key(resolution) -> str:
 def environment(device: torch.device, ranks: Ranks) -> dict:
     return {"torch": torch.__version__, "python": platform.python_version(),
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "git_commit": _git_commit(), "cpu": _cpu_name(), "threads": torch.get_num_threads(),
+            "git_commit": _git_commit(), "cpu": cpu_name(), "threads": torch.get_num_threads(),
             "world_size": ranks.world_size}
 
 
@@ -274,14 +275,6 @@ def _git_commit() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return done.stdout.strip() if done.returncode == 0 else "unknown"
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 def write_report_for(store: Store, experiment: Experiment, device: torch.device, ranks: Ranks) -> None:

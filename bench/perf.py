@@ -65,7 +65,7 @@ def cpu_name() -> str:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    return platform.processor() or "cpu"
+    return platform.processor() or "unknown"
 
 
 class OtherLoad:
