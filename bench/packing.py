@@ -87,10 +87,22 @@ def validate_images(images: Sequence[Tensor], patch_size: int, channels: int | N
         if channels is not None and img.shape[0] != channels:
             raise ValueError(f"image {i} has shape {shape}: {img.shape[0]} channels, "
                              f"the model expects {channels}")
-        h, w = img.shape[1:]
-        if h < patch_size or w < patch_size or h % patch_size or w % patch_size:
+        if not _divides(patch_size, *img.shape[1:]):
             raise ValueError(f"image {i} has shape {shape}: H and W must be positive multiples "
                              f"of patch_size={patch_size}")
+
+
+def patch_grids(sizes: Sequence[tuple[int, int]], patch_size: int) -> list[tuple[int, int]]:
+    """The (h, w) patch grid of each image size (H, W); ValueError names the first bad size."""
+    for i, (height, width) in enumerate(sizes):
+        if not _divides(patch_size, height, width):
+            raise ValueError(f"image {i} has size {height}x{width}: H and W must be positive multiples "
+                             f"of patch_size={patch_size}")
+    return [(height // patch_size, width // patch_size) for height, width in sizes]
+
+
+def _divides(patch_size: int, height: int, width: int) -> bool:
+    return height >= patch_size and width >= patch_size and not height % patch_size and not width % patch_size
 
 
 def patchify(image: Tensor, patch_size: int) -> Tensor:
@@ -123,7 +135,9 @@ def plan_rows(lengths: Sequence[int], max_seq_len: int | None, one_per_row: bool
 def _plan(lengths: tuple[int, ...], max_seq_len: int) -> tuple[tuple[int, ...], ...]:
     # Memoised: filling a training batch, sharing it across ranks and packing it need one plan.
     order = sorted(range(len(lengths)), key=lambda j: -lengths[j])
-    rows = min(_first_fit(order, lengths, max_seq_len), _fullest_rows(order, lengths, max_seq_len), key=len)
+    rows = _first_fit(order, lengths, max_seq_len)
+    if len(rows) > -(-sum(lengths) // max_seq_len):   # first fit missed the lower bound: try the other
+        rows = min(rows, _fullest_rows(order, lengths, max_seq_len), key=len)
     return tuple(map(tuple, rows))
 
 
@@ -178,80 +192,125 @@ def keep_count(length: int, drop_rate: float) -> int:
     return min(length, max(1, round(length * (1.0 - min(max(drop_rate, 0.0), 1.0)))))
 
 
+@dataclass
+class Layout:
+    """Where every kept token of a list of images goes in the packed rows; no pixels yet."""
+    num_rows: int
+    row_len: int
+    fills: list[int]        # real tokens in each row
+    kept: list[int]         # tokens each image keeps
+    first_slot: list[int]   # slot of each image's first kept token in the flattened [R, L] rows
+    image: Tensor           # [T] long, per kept token: its image
+    y: Tensor               # [T] long: its (row, col) in the image's patch grid
+    x: Tensor
+    slot: Tensor            # [T] long: its position in the flattened [R, L] rows
+    grids: Tensor           # [N, 2] long: (h, w) patch grid of each image
+    num_dropped: int
+
+    def new_patches(self, dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """[R * L, dim], zeros at padding; every real token's values are left to the caller."""
+        patches = torch.empty(self.num_rows * self.row_len, dim, dtype=dtype)
+        for r, fill in enumerate(self.fills):   # only the rows' tails: the buffer can be large
+            if fill < self.row_len:
+                patches[r * self.row_len + fill:(r + 1) * self.row_len] = 0
+        return patches
+
+    def batch(self, patches: Tensor) -> PackedBatch:
+        """The PackedBatch of ``patches`` ([R * L, dim], filled)."""
+        rows, length = self.num_rows, self.row_len
+        image_ids = torch.full((rows * length,), PAD, dtype=torch.long).index_copy_(0, self.slot, self.image)
+        coords = torch.zeros(rows * length, 2, dtype=torch.long).index_copy_(0, self.slot,
+                                                                              torch.stack((self.y, self.x), 1))
+        return PackedBatch(patches.view(rows, length, -1), image_ids.view(rows, length),
+                           coords.view(rows, length, 2), self.grids, self.num_dropped)
+
+
+def layout(grids: Sequence[tuple[int, int]], max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN, *,
+           rows: Sequence[Sequence[int]] | None = None, one_per_row: bool = False,
+           drop_rates: Tensor | Sequence[float] | None = None, generator: torch.Generator | None = None) -> Layout:
+    """Plan the rows for images of these (h, w) patch grids (see ``plan_rows``; or take ``rows``,
+    lists of image indices that fit max_seq_len), and place each kept token.
+
+    ``drop_rates`` ([N] in [0, 1]) enables continuous token dropping: each image keeps a random
+    subset of its tokens, in their original order, and each kept token keeps its coordinate.
+    The row length is the fullest row's length, so no row carries unused capacity.
+    """
+    lengths = [h * w for h, w in grids]
+    kept = lengths
+    if drop_rates is not None:
+        kept = [keep_count(n, rate) for n, rate in zip(lengths, torch.as_tensor(drop_rates).tolist())]
+    rows = plan_rows(kept, max_seq_len, one_per_row) if rows is None else rows
+    fills = [sum(kept[i] for i in row) for row in rows]
+    if sorted(i for row in rows for i in row) != list(range(len(grids))):
+        raise ValueError(f"rows {rows} must hold each of the {len(grids)} images exactly once")
+    if max_seq_len is not None and any(fill > max_seq_len and len(row) > 1 for row, fill in zip(rows, fills)):
+        raise ValueError(f"rows {rows} hold more than max_seq_len={max_seq_len} tokens in a row of several images")
+    row_len = max(fills)
+    # One line of plain ints per image, in packed order: tokens | tokens of the images before it |
+    # kept tokens | slot of its first kept token minus the kept tokens before it | image | grid width.
+    table, first_slot = [], [0] * len(grids)
+    seen = kept_seen = 0
+    for r, row in enumerate(rows):
+        slot = r * row_len
+        for i in row:
+            table += (lengths[i], seen, kept[i], slot - kept_seen, i, grids[i][1])
+            first_slot[i] = slot
+            seen, kept_seen, slot = seen + lengths[i], kept_seen + kept[i], slot + kept[i]
+    table = _longs(table).view(-1, 6)
+    tokens = table.index_select(0, torch.repeat_interleave(table[:, 0], output_size=seen))  # per token
+    j = torch.arange(seen) - tokens[:, 1]  # the token's patch index, row-major in its grid
+    if drop_rates is not None:
+        # Rank each image's tokens in a random order: a stable sort by (image, random key) keeps
+        # every image's tokens in their own range of positions, so the token sorted to position
+        # s has rank j[s]. Those ranked below the image's kept count stay, in grid order.
+        key = tokens[:, 1] * (1 << 31) + torch.randint(1 << 31, (seen,), generator=generator)
+        keep = torch.empty_like(j, dtype=torch.bool)
+        keep[key.sort(stable=True).indices] = j < tokens[:, 2]
+        tokens, j = tokens[keep], j[keep]
+    shift, image, w = tokens[:, 3:].unbind(1)
+    y = j.div(w, rounding_mode="floor")
+    return Layout(len(rows), row_len, fills, kept, first_slot, image, y, j - y * w,
+                  torch.arange(kept_seen) + shift, _longs([side for grid in grids for side in grid]).view(-1, 2),
+                  seen - kept_seen)
+
+
 # A whole image of at least this many values is copied into its row on its own: one strided
 # copy then beats concatenating it first. Smaller images are gathered all at once.
 _COPY_MIN_NUMEL = 1 << 13
 
 
 def pack(images: Sequence[Tensor], patch_size: int, max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
-         *, one_per_row: bool = False, drop_rates: Tensor | None = None,
-         generator: torch.Generator | None = None, channels: int | None = None) -> PackedBatch:
-    """Patchify a list of (C, H, W) images, optionally drop tokens, and pack them into rows.
-
-    ``drop_rates`` ([N] in [0, 1]) enables continuous token dropping: each image keeps a random
-    subset of its tokens, in their original order, and each kept token keeps its coordinate.
-    The row length is the fullest row's length, so no row carries unused capacity.
-    """
+         *, rows: Sequence[Sequence[int]] | None = None, one_per_row: bool = False,
+         drop_rates: Tensor | None = None, generator: torch.Generator | None = None,
+         channels: int | None = None) -> PackedBatch:
+    """Patchify a list of (C, H, W) images, optionally drop tokens (see ``layout``), and pack
+    them into rows."""
     validate_images(images, patch_size, channels)
     p, c = patch_size, images[0].shape[0]
     shapes = [img.shape for img in images]
     if any(shape[0] != c for shape in shapes):
         raise ValueError(f"images have {sorted({shape[0] for shape in shapes})} channels: "
                          "all must have the same")
-    grid_list = [(H // p, W // p) for _, H, W in shapes]
-    grids = _longs([side for grid in grid_list for side in grid]).view(-1, 2)
-    lengths = [h * w for h, w in grid_list]
-    kept = lengths
-    if drop_rates is not None:
-        kept = [keep_count(n, rate) for n, rate in zip(lengths, torch.as_tensor(drop_rates).tolist())]
-    rows = plan_rows(kept, max_seq_len, one_per_row)
-    fills = [sum(kept[i] for i in row) for row in rows]
-    row_len = max(fills)
-    num_slots = len(rows) * row_len  # the [R, L] layout, flattened
+    grids = [(H // p, W // p) for _, H, W in shapes]
+    plan = layout(grids, max_seq_len, rows=rows, one_per_row=one_per_row, drop_rates=drop_rates,
+                  generator=generator)
+    patches = plan.new_patches(c * p * p, images[0].dtype)
 
-    # One line of plain ints per image, in packed order: image index | tokens | tokens of the
-    # images before it | kept tokens | slot of its first kept token minus the kept tokens before
-    # it | grid width | its first pixel in the gathered buffer, in runs of p values (-1: copied).
-    table, gathered, copied = [], [], []
-    seen = kept_seen = start = 0
-    for r, row in enumerate(rows):
-        slot = r * row_len
-        for i in row:
-            n, k = lengths[i], kept[i]
-            if k == n and c * n * p * p >= _COPY_MIN_NUMEL:
-                copied.append((i, slot))
-                table += (i, n, seen, k, slot - kept_seen, grid_list[i][1], -1)
-            else:
-                gathered.append(images[i].reshape(-1))
-                table += (i, n, seen, k, slot - kept_seen, grid_list[i][1], start)
-                start += c * n * p
-            seen, kept_seen, slot = seen + n, kept_seen + k, slot + k
-    table = _longs(table).view(-1, 7)
-    tokens = table.index_select(0, torch.repeat_interleave(table[:, 1], output_size=seen))  # per token
-    j = torch.arange(seen) - tokens[:, 2]  # the token's patch index, row-major in its grid
-    if drop_rates is not None:
-        # Rank each image's tokens in a random order: a stable sort by (image, random key) keeps
-        # every image's tokens in their own range of positions, so the token sorted to position
-        # s has rank j[s]. Those ranked below the image's kept count stay, in grid order.
-        key = tokens[:, 2] * (1 << 31) + torch.randint(1 << 31, (seen,), generator=generator)
-        keep = torch.empty_like(j, dtype=torch.bool)
-        keep[key.sort(stable=True).indices] = j < tokens[:, 3]
-        tokens, j = tokens[keep], j[keep]
-    image, n, _, _, shift, w, start = tokens.unbind(1)
-    slot = torch.arange(kept_seen) + shift
-    y = j.div(w, rounding_mode="floor")
-    x = j - y * w
-
-    image_ids = torch.full((num_slots,), PAD, dtype=torch.long).index_copy_(0, slot, image)
-    coords = torch.zeros(num_slots, 2, dtype=torch.long).index_copy_(0, slot, torch.stack((y, x), 1))
-
-    patches = torch.empty(num_slots, c * p * p, dtype=images[0].dtype)
-    if copied:  # the buffer is big: zero only the padding, each row's tail
-        for r, fill in enumerate(fills):
-            patches[r * row_len + fill:(r + 1) * row_len] = 0
-    else:
-        patches.zero_()
+    # Each gathered image's first value in the gathered buffer, in runs of p values (-1: copied).
+    starts, gathered, copied, start = [], [], [], 0
+    for i, (h, w) in enumerate(grids):
+        if plan.kept[i] == h * w and c * h * w * p * p >= _COPY_MIN_NUMEL:
+            copied.append(i)
+            starts.append(-1)
+        else:
+            gathered.append(images[i].reshape(-1))
+            starts.append(start)
+            start += c * h * w * p
     if gathered:
+        image, y, x = plan.image, plan.y, plan.x
+        per_image = torch.cat([_longs(starts).view(-1, 1), plan.grids.prod(1, keepdim=True), plan.grids[:, 1:]], 1)
+        start, n, w = per_image.index_select(0, image).unbind(1)
+        slot = plan.slot
         if copied:
             picked = start >= 0
             start, y, x, w, n, slot = (v[picked] for v in (start, y, x, w, n, slot))
@@ -260,11 +319,10 @@ def pack(images: Sequence[Tensor], patch_size: int, max_seq_len: int | None = DE
         runs = torch.stack((torch.addcmul(start + x, y, w, value=p), n * p, w), 1) @ _run_steps(c, p)
         flat = torch.cat(gathered).view(-1, p).cpu()   # rows are built on the CPU, wherever the images are
         patches.index_copy_(0, slot, flat.index_select(0, runs.view(-1)).view(len(slot), -1))
-    for i, at in copied:  # straight from the image, in patchify's order
-        (h, w), img = grid_list[i], images[i]
+    for i in copied:  # straight from the image, in patchify's order
+        (h, w), img, at = grids[i], images[i], plan.first_slot[i]
         patches[at:at + h * w].view(h, w, c, p, p).copy_(img.reshape(c, h, p, w, p).permute(1, 3, 0, 2, 4))
-    return PackedBatch(patches.view(len(rows), row_len, -1), image_ids.view(len(rows), row_len),
-                       coords.view(len(rows), row_len, 2), grids, seen - kept_seen)
+    return plan.batch(patches)
 
 
 def _run_steps(channels: int, patch_size: int) -> Tensor:

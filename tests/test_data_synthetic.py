@@ -7,7 +7,8 @@ import torch
 
 import bench
 from bench.data import TASKS, SyntheticSource
-from bench.data.synthetic import NUM_WAVES, SHAPE_SDFS, SHAPES, EMPTY, Scenes, render, render_sized, sample_scenes
+from bench.data.synthetic import NUM_WAVES, SHAPES, EMPTY, Scenes, render, sample_scenes, shape_sdf
+from bench.packing import pack
 
 
 def one_object_scene(shape: str, centers, radius: float, color=(1.0, 1.0, 1.0), background=0.0) -> Scenes:
@@ -63,10 +64,11 @@ def test_a_circle_stays_a_circle_at_any_aspect_ratio(size):
 
 
 def whole_image_render(scenes: Scenes, height: int, width: int) -> torch.Tensor:
-    """The renderer's definition, with no windows: every object evaluated at every pixel."""
+    """The renderer's definition in float64 array code: every object evaluated at every pixel,
+    every wave summed directly (no bounding boxes, no separable texture, no rotated phasors)."""
     short = min(height, width)
-    xs = (torch.arange(width) + 0.5) / short
-    ys = (torch.arange(height) + 0.5) / short
+    xs = (torch.arange(width, dtype=torch.float64) + 0.5) / short
+    ys = (torch.arange(height, dtype=torch.float64) + 0.5) / short
     images = []
     for i in range(len(scenes)):
         direction, cycles, phase, amplitude = scenes.waves[i].double().unbind(-1)
@@ -78,43 +80,67 @@ def whole_image_render(scenes: Scenes, height: int, width: int) -> torch.Tensor:
             shape = int(scenes.shapes[i, slot])
             if shape == EMPTY:
                 continue
-            cx, cy = scenes.centers[i, slot] * torch.tensor([width / short, height / short])
-            sdf = SHAPE_SDFS[shape]((xs - cx)[None, :], (ys - cy)[:, None], scenes.radii[i, slot])
-            coverage = (0.5 - sdf * short).clamp(0, 1).double()
+            cx, cy = scenes.centers[i, slot].double() * torch.tensor([width / short, height / short])
+            sdf = shape_sdf(shape, (xs - cx).numpy()[None, :], (ys - cy).numpy()[:, None], float(scenes.radii[i, slot]))
+            coverage = (0.5 - torch.from_numpy(sdf) * short).clamp(0, 1)
             image = image + coverage * (scenes.colors[i, slot].double()[:, None, None] - image)
         images.append(image)
     return torch.stack(images).float()
 
 
 @pytest.mark.parametrize("task", TASKS)
-@pytest.mark.parametrize("size", [(8, 8), (12, 40), (40, 12), (20, 24), (64, 64)])
-def test_windowed_rendering_equals_evaluating_every_object_everywhere(task, size):
-    # Objects are drawn in windows around them; a window too small would cut anti-aliasing ramps.
-    # One scene at a time: in a batch, windows fit the largest object and so hide a tight fit.
+@pytest.mark.parametrize("size", [(8, 8), (12, 40), (40, 12), (20, 24), (64, 64), (96, 288)])
+def test_rendering_equals_evaluating_every_object_everywhere(task, size):
+    # The kernel evaluates each object only in a box around it, with a separable texture.
     scenes = sample_scenes(task, 0, "test", range(100))
     expected = whole_image_render(scenes, *size)
+    rendered = render(scenes, *size)
     for i in range(len(scenes)):
-        assert (render(scenes.select([i]), *size)[0] - expected[i]).abs().max() < 1e-5, f"scene {i}"
+        assert (rendered[i] - expected[i]).abs().max() < 1e-5, f"scene {i}"
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-def test_windows_hold_every_pixel_an_object_touches(shape):
-    # Single objects at random sub-pixel centres and radii, each rendered alone, so its window is
-    # as tight as the renderer ever makes it.
+def test_bounding_boxes_hold_every_pixel_an_object_touches(shape):
+    # Single objects at random sub-pixel centres and radii, so every way an edge can fall between
+    # pixel centres is tried; a box too tight would cut the anti-aliasing ramp.
     generator = torch.Generator().manual_seed(0)
     centers = 0.1 + 0.8 * torch.rand(300, 2, generator=generator)
     radii = 0.02 + 0.2 * torch.rand(300, generator=generator)
-    for center, radius in zip(centers.tolist(), radii.tolist()):
-        scene = one_object_scene(shape, [center], radius)
-        assert (render(scene, 16, 24) - whole_image_render(scene, 16, 24)).abs().max() < 1e-5, (center, radius)
+    scenes = one_object_scene(shape, centers.tolist(), 0.0)
+    scenes.radii = radii[:, None]
+    assert (render(scenes, 16, 24) - whole_image_render(scenes, 16, 24)).abs().amax((1, 2, 3)).max() < 1e-5
 
 
-def test_images_of_mixed_sizes_render_as_they_do_alone():
-    scenes = sample_scenes("control", 1, "train", range(12))
-    sizes = [(8, 8), (16, 40), (40, 16), (24, 24), (12, 36), (64, 8)] * 2
-    for i, image in enumerate(render_sized(scenes, sizes)):
-        alone = render(scenes.select([i]), *sizes[i])[0]
-        assert image.shape == alone.shape and (image - alone).abs().max() < 1e-6
+def rendered_alone_and_packed(source, indices, sizes, patch, max_seq_len, **options):
+    """pack() of each image rendered alone, and load_packed(): the same token dropping for both."""
+    images = [source.load(i, size)[0] for i, size in zip(indices, sizes)]
+    generator = lambda: torch.Generator().manual_seed(5)
+    return (pack(images, patch, max_seq_len, generator=generator(), **options),
+            source.load_packed(indices, sizes, patch, max_seq_len, generator=generator(), **options))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_rendering_into_rows_equals_packing_images_rendered_alone(task):
+    source = SyntheticSource(task, "train", 500, seed=2)
+    indices = [3, 77, 3, 410, 12, 250, 9, 33, 499, 0]
+    sizes = [(8, 8), (16, 40), (40, 16), (24, 24), (12, 36), (64, 8), (4, 4), (20, 12), (32, 32), (8, 60)]
+    expected, (packed, labels) = rendered_alone_and_packed(source, indices, sizes, 4, 64)
+    assert torch.equal(labels, torch.stack([torch.tensor(source.load(i, (8, 8))[1]) for i in indices]))
+    for field in ("patches", "image_ids", "coords", "grids"):
+        assert torch.equal(getattr(packed, field), getattr(expected, field)), field
+    # Token dropping renders only the kept tokens, the ones pack() keeps from whole images; and
+    # rows given by the caller are kept as they are.
+    options = dict(drop_rates=torch.linspace(0.0, 0.9, 10), rows=[[9, 0, 1], [2, 3, 4, 5], [6, 7, 8]])
+    expected, (packed, _) = rendered_alone_and_packed(source, indices, sizes, 4, 128, **options)
+    assert packed.num_dropped == expected.num_dropped > 0
+    for field in ("patches", "image_ids", "coords"):
+        assert torch.equal(getattr(packed, field), getattr(expected, field)), field
+    assert set(packed.image_ids[0].tolist()) - {-1} == {9, 0, 1}
+
+
+def test_sizes_that_are_not_multiples_of_the_patch_are_named():
+    with pytest.raises(ValueError, match="image 1 has size 10x8: H and W must be positive multiples of patch_size=4"):
+        SyntheticSource("control", "train", 10).load_packed([0, 1], [(8, 8), (10, 8)], 4, 64)
 
 
 def test_edges_are_anti_aliased():
@@ -205,8 +231,9 @@ def test_a_model_without_positions_cannot_tell_mirrored_arrangements_apart(task,
     scenes = mirrored_pair(task)
     images = render(scenes, *size)
     patches = [bench.pack([image], 8, None).patches[0] for image in images]
-    as_bags = [p[torch.argsort(p.sum(1) * 1000 + p[:, 0])] for p in patches]
-    assert torch.allclose(as_bags[0], as_bags[1], atol=1e-4), "the two scenes are one bag of patches"
+    rounded = [np.round(p.numpy(), 4) for p in patches]   # rows sorted lexicographically: a bag
+    as_bags = [r[np.lexsort(r.T[::-1])] for r in rounded]
+    assert np.allclose(as_bags[0], as_bags[1], atol=2e-4), "the two scenes are one bag of patches"
     assert scenes.labels[0] != scenes.labels[1]
     torch.manual_seed(0)
     nope = bench.build_model("nope", 9, patch_size=8, dim=32, depth=2, heads=2).eval()

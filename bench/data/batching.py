@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import torch
@@ -16,14 +16,14 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
-from ..packing import PackedBatch, keep_count, pack, plan_rows
+from ..packing import PackedBatch, keep_count
 from .config import DropConfig, ResolutionConfig
-from .resolution import check_resolution, train_size
+from .resolution import check_resolution, train_sizes
 from .source import ImageSource
 from .streams import BATCH, stream
 
 
-CANDIDATE_CHUNK = 64   # image indices drawn per call while a batch fills
+CANDIDATE_CHUNK = 64   # candidate images drawn per call while a batch fills
 
 
 @dataclass
@@ -33,15 +33,17 @@ class Pick:
     size: tuple[int, int]      # (H, W) it is rendered or resized to
     drop_rate: float
     kept: int                  # tokens left after token dropping
+    row: int                   # of the global batch
 
 
 class TrainBatches(Dataset):
     """``batches[step]`` -> (PackedBatch, labels [N] long) for that training step.
 
     Images are drawn uniformly with replacement, each with a size from the resolution policy and
-    a drop rate, until the batch's rows (tokens_per_batch // max_seq_len rows of max_seq_len
-    tokens) are full: the first image that fits no row ends the batch. The budget counts tokens
-    kept after dropping. tokens_per_batch is global: with world_size > 1, rank r takes the packed
+    a drop rate, and placed in the first row with room for it (first fit, tokens_per_batch //
+    max_seq_len rows of max_seq_len tokens) until the rows are full: the first image that fits no
+    row ends the batch. Those rows are the packed rows. The budget counts tokens kept after
+    dropping. tokens_per_batch is global: with world_size > 1, rank r takes the packed
     rows r, r + world_size, ... of the same global batch.
     """
 
@@ -66,53 +68,47 @@ class TrainBatches(Dataset):
     def __getitem__(self, step: int) -> tuple[PackedBatch, Tensor]:
         rng = stream(BATCH, self.seed, step)
         mine = self._share(self._draw(rng))
-        images, labels = self.source.load_sized([pick.index for pick in mine], [pick.size for pick in mine])
         drop_rates = None if self.drop.kind == "none" else torch.tensor([pick.drop_rate for pick in mine])
         generator = torch.Generator().manual_seed(int(rng.integers(2 ** 32)))   # which tokens are dropped
-        batch = pack(images, self.patch_size, self.max_seq_len, drop_rates=drop_rates,
-                     generator=generator, channels=self.source.channels)
-        return batch, labels
+        rows: dict[int, list[int]] = {}
+        for i, pick in enumerate(mine):
+            rows.setdefault(pick.row, []).append(i)
+        return self.source.load_packed([pick.index for pick in mine], [pick.size for pick in mine], self.patch_size,
+                                       self.max_seq_len, rows=list(rows.values()), drop_rates=drop_rates,
+                                       generator=generator)
 
     def picks(self, step: int) -> list[Pick]:
         """This rank's images of batch ``step``, in the order of the batch's labels."""
         return self._share(self._draw(stream(BATCH, self.seed, step)))
 
     def _share(self, picks: list[Pick]) -> list[Pick]:
-        rows = plan_rows([pick.kept for pick in picks], self.max_seq_len)
-        return [picks[i] for i in sorted(i for row in rows[self.rank::self.world_size] for i in row)]
+        return [pick for pick in picks if pick.row % self.world_size == self.rank]
 
     def _draw(self, rng: np.random.Generator) -> list[Pick]:
         """The global batch, identical on every rank."""
         p, length = self.patch_size, self.max_seq_len
         room = [length] * self.num_rows
         picks: list[Pick] = []
-        for index in self._candidates(rng):
-            size = train_size(self.resolution, self.source.native_size(index), p, rng, length)
-            tokens = (size[0] // p) * (size[1] // p)
-            rate = self._drop_rate(rng)
-            kept = keep_count(tokens, rate)
-            row = next((r for r, free in enumerate(room) if free >= kept), None)
-            if row is None:
-                break
-            room[row] -= kept
-            picks.append(Pick(index, size, rate, kept))
-        # pack() plans its own rows, which now and then need one row more than the first-fit
-        # that chose the images: drop the last images until its plan fits.
-        while len(plan_rows([pick.kept for pick in picks], length)) > self.num_rows:
-            picks.pop()
-        return picks
+        while True:   # candidates come a chunk at a time: one numpy call per quantity, not per image
+            indices = rng.integers(len(self.source), size=CANDIDATE_CHUNK)
+            sizes = train_sizes(self.resolution, self.source.native_sizes(indices), p, rng, length)
+            tokens = (sizes[:, 0] // p) * (sizes[:, 1] // p)
+            for index, size, n, rate in zip(indices.tolist(), sizes.tolist(), tokens.tolist(), self._drop_rates(rng)):
+                kept = keep_count(n, rate) if rate else n
+                for row, free in enumerate(room):
+                    if free >= kept:
+                        room[row] -= kept
+                        picks.append(Pick(index, tuple(size), rate, kept, row))
+                        break
+                else:   # the first image that fits no row ends the batch
+                    return picks
 
-    def _candidates(self, rng: np.random.Generator) -> Iterator[int]:
-        """Image indices, uniform with replacement, drawn a chunk at a time (one numpy call each)."""
-        while True:
-            yield from rng.integers(len(self.source), size=CANDIDATE_CHUNK).tolist()
-
-    def _drop_rate(self, rng: np.random.Generator) -> float:
+    def _drop_rates(self, rng: np.random.Generator) -> list[float]:
         if self.drop.kind == "constant":
-            return self.drop.rate
+            return [self.drop.rate] * CANDIDATE_CHUNK
         if self.drop.kind == "beta":
-            return float(rng.beta(self.drop.alpha, self.drop.beta))
-        return 0.0
+            return rng.beta(self.drop.alpha, self.drop.beta, size=CANDIDATE_CHUNK).tolist()
+        return [0.0] * CANDIDATE_CHUNK
 
 
 def train_loader(batches: TrainBatches, start_step: int, num_steps: int, num_workers: int = 0,
@@ -138,8 +134,7 @@ class _EvalChunks(Dataset):
     def __getitem__(self, chunk: int) -> tuple[PackedBatch, Tensor]:
         start = chunk * self.per_batch
         indices = range(start, min(start + self.per_batch, len(self.source)))
-        images, labels = self.source.load_many(indices, self.size)
-        return pack(images, self.patch_size, self.max_seq_len, channels=self.source.channels), labels
+        return self.source.load_packed(indices, [self.size] * len(indices), self.patch_size, self.max_seq_len)
 
 
 def eval_batches(source: ImageSource, size: tuple[int, int], patch_size: int, tokens_per_batch: int,

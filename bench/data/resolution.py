@@ -5,6 +5,7 @@ the side whatever the aspect ratio. Every size is a positive multiple of the pat
 """
 from __future__ import annotations
 
+import functools
 import math
 from statistics import NormalDist
 
@@ -33,14 +34,21 @@ def aspect_size(side: float, aspect: float, patch_size: int) -> tuple[int, int]:
 
 def sample_side(cfg: ResolutionConfig, rng: np.random.Generator) -> float:
     """A side in [min_side, max_side] from the configured distribution (one draw from rng)."""
-    u = rng.random()
+    return float(sample_sides(cfg, rng, 1)[0])
+
+
+def sample_sides(cfg: ResolutionConfig, rng: np.random.Generator, count: int) -> np.ndarray:
+    """``count`` sides, as ``count`` calls of sample_side would draw them."""
+    u = rng.random(count)
     if cfg.distribution == "truncnorm":
         normal = NormalDist(TRUNCNORM_MEAN, TRUNCNORM_STD)
         low, high = normal.cdf(-1.0), normal.cdf(1.0)
-        u = (normal.inv_cdf(low + u * (high - low)) + 1) / 2   # inverse-CDF sampling, back to [0, 1]
+        # Inverse-CDF sampling, back to [0, 1].
+        u = np.array([(normal.inv_cdf(low + v * (high - low)) + 1) / 2 for v in u.tolist()])
     return cfg.min_side + u * (cfg.max_side - cfg.min_side)
 
 
+@functools.lru_cache(maxsize=4096)   # a budget run asks for the same few aspect ratios all the time
 def budget_grid(native: tuple[int, int], patch_size: int, max_tokens: int) -> tuple[int, int]:
     """The largest aspect-preserving patch grid (rows, cols) with rows * cols <= max_tokens.
 
@@ -85,26 +93,34 @@ def check_resolution(cfg: ResolutionConfig, patch_size: int, max_seq_len: int) -
 
 def train_size(cfg: ResolutionConfig, native: tuple[int, int], patch_size: int,
                rng: np.random.Generator, max_tokens: int) -> tuple[int, int]:
-    """The training size of one image of native size (H, W); never more than max_tokens patches.
+    """The training size of one image of native size (H, W); never more than max_tokens patches."""
+    height, width = train_sizes(cfg, np.array([native]), patch_size, rng, max_tokens)[0].tolist()
+    return height, width
+
+
+def train_sizes(cfg: ResolutionConfig, natives: np.ndarray, patch_size: int, rng: np.random.Generator,
+                max_tokens: int) -> np.ndarray:
+    """[N, 2] training sizes (H, W) of images of native sizes ``natives`` ([N, 2]), one draw each.
 
     navit sizes never exceed aspect_size(max_side, aspect): the longest side in patches is known
     before training (absolute embedding tables are sized from it).
     """
+    p = patch_size
     if cfg.mode == "fixed":
-        return cfg.side, cfg.side
+        return np.full((len(natives), 2), cfg.side)
     if cfg.mode == "budget":
-        return budget_size(native, patch_size, cfg.max_tokens)
-    side, aspect = sample_side(cfg, rng), native[1] / native[0]
-    height, width = aspect_size(side, aspect, patch_size)
-    if (height // patch_size) * (width // patch_size) <= max_tokens:
-        return height, width
-    # Rounding both sides up overshot: round down instead, which fits since side <= max_side
+        return np.array([budget_size(native, p, cfg.max_tokens) for native in map(tuple, natives.tolist())],
+                        np.int64).reshape(-1, 2)
+    side, root = sample_sides(cfg, rng, len(natives)), np.sqrt(natives[:, 1] / natives[:, 0])
+    rows, cols = (np.maximum(1, np.rint(length / p)) for length in (side / root, side * root))   # aspect_size
+    # Where rounding both sides up overshot, round down instead, which fits since side <= max_side
     # does, unless an extreme aspect ratio raised one count to a single patch.
-    rows = max(1, math.floor(side / math.sqrt(aspect) / patch_size))
-    cols = max(1, math.floor(side * math.sqrt(aspect) / patch_size))
-    if rows * cols > max_tokens:
-        rows, cols = min(rows, max_tokens), min(cols, max_tokens)
-    return rows * patch_size, cols * patch_size
+    over = rows * cols > max_tokens
+    down_rows, down_cols = (np.maximum(1, np.floor(length / p)) for length in (side / root, side * root))
+    still_over = down_rows * down_cols > max_tokens
+    rows = np.where(over, np.where(still_over, np.minimum(down_rows, max_tokens), down_rows), rows)
+    cols = np.where(over, np.where(still_over, np.minimum(down_cols, max_tokens), down_cols), cols)
+    return np.stack([rows, cols], 1).astype(np.int64) * p
 
 
 def eval_sizes(grid: EvalGridConfig, patch_size: int) -> list[tuple[int, int]]:

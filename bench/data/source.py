@@ -3,16 +3,20 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from ..packing import PackedBatch, pack
 
 
 class ImageSource:
     """Indexed images, each loaded at a requested (H, W).
 
     Subclasses set ``num_classes``, ``channels`` and ``class_names`` and implement ``__len__``,
-    ``native_size`` and ``load``; ``load_many`` (one size) and ``load_sized`` (a size per image)
-    are the batched paths, worth overriding when a source can batch its work.
+    ``native_size`` and ``load``; ``load_many`` (one size), ``load_sized`` (a size per image) and
+    ``load_packed`` (a size per image, packed into rows) are the batched paths, worth overriding
+    when a source can batch its work.
     """
     num_classes: int
     channels: int
@@ -24,6 +28,10 @@ class ImageSource:
     def native_size(self, index: int) -> tuple[int, int]:
         """(H, W) in pixels; its aspect ratio is what aspect-preserving resolution policies keep."""
         raise NotImplementedError
+
+    def native_sizes(self, indices: np.ndarray) -> np.ndarray:
+        """[N, 2] int64: native_size of each index."""
+        return np.array([self.native_size(i) for i in indices.tolist()], np.int64).reshape(-1, 2)
 
     def load(self, index: int, size: tuple[int, int]) -> tuple[Tensor, int]:
         """(image [C, H, W] float32 in [0, 1], label)."""
@@ -44,6 +52,15 @@ class ImageSource:
             for i, image in zip(positions, loaded):
                 images[i] = image
         return images, labels
+
+    def load_packed(self, indices: Sequence[int], sizes: Sequence[tuple[int, int]], patch_size: int,
+                    max_seq_len: int | None, *, rows: list[list[int]] | None = None,
+                    drop_rates: Tensor | None = None, generator: torch.Generator | None = None,
+                    ) -> tuple[PackedBatch, Tensor]:
+        """(``pack`` of image indices[i] at sizes[i], labels long [N]); see ``packing.layout``."""
+        images, labels = self.load_sized(indices, sizes)
+        return pack(images, patch_size, max_seq_len, rows=rows, drop_rates=drop_rates, generator=generator,
+                    channels=self.channels), labels
 
 
 def group_by_size(sizes: Sequence[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:

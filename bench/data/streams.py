@@ -10,6 +10,7 @@ Two kinds, both pure functions of their key:
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -33,19 +34,27 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
+@functools.lru_cache(maxsize=256)
+def _key_state(*key: int) -> int:
+    """The splitmix64 state after absorbing the key parts one by one (a few keys recur all the time)."""
+    for part in key:
+        if not 0 <= part < 2 ** 63:
+            raise ValueError(f"stream key parts must be in [0, 2^63), got {part}")
+    with np.errstate(over="ignore"):
+        state = np.zeros(1, np.uint64)
+        for part in key:
+            state = _mix(state + _GOLDEN + np.uint64(part))
+    return int(state[0])
+
+
 def keyed_uniforms(purpose: int, *key: int, index: Sequence[int] | np.ndarray, count: int) -> np.ndarray:
     """[len(index), count] float64 in [0, 1): row i depends only on (purpose, *key, index[i]).
 
     Each row is a splitmix64 sequence whose state is seeded by hashing the key and the index, so
     rows of different keys or indices are unrelated, and a row never depends on its batch-mates.
     """
-    for part in (purpose, *key):
-        if not 0 <= part < 2 ** 63:
-            raise ValueError(f"stream key parts must be in [0, 2^63), got {part}")
+    state = np.uint64(_key_state(purpose, *key))
     with np.errstate(over="ignore"):   # uint64 arithmetic wraps by design
-        state = np.zeros(1, np.uint64)
-        for part in (purpose, *key):
-            state = _mix(state + _GOLDEN + np.uint64(part))
         rows = _mix(state ^ _mix(np.asarray(index, np.uint64) + _GOLDEN))
         steps = np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN
         bits = _mix(rows[:, None] + steps)
