@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from .data import DataConfig, DropConfig, EvalGridConfig, ResolutionConfig, budget_grid, eval_sizes
+from .data.config import DATA_VERSION
 from .data.resolution import aspect_size, check_resolution
 from .errors import BenchError, ConfigError
 from .model import build_model
@@ -363,8 +364,8 @@ def to_dict(experiment: Experiment) -> dict:
 
 
 def hashed_config(experiment: Experiment) -> dict:
-    """The part of the config that changes every cell's numbers."""
-    config = to_dict(experiment)
+    """The part of the config that changes every cell's numbers, with the data pipeline's version."""
+    config = {**to_dict(experiment), "data_version": DATA_VERSION}
     for dotted in HASH_EXCLUDED:
         *parents, last = dotted.split(".")
         section = config

@@ -114,7 +114,7 @@ def padding_report(name: str, data: DataConfig, resolution: ResolutionConfig, dr
         images.append(batch.num_images)
     print(f"  over 100 steps: padding {statistics.mean(padding):.2%} (max {max(padding):.2%}), "
           f"{statistics.mean(tokens):.0f} tokens and {statistics.mean(images):.1f} images per batch, "
-          f"{statistics.median(seconds) * 1000:.0f} ms per batch (median)")
+          f"{statistics.median(seconds) * 1000:.2f} ms per batch (median)")
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bench
+from bench.data.config import DATA_VERSION
 from bench.config import (Experiment, config_hash, differing_keys, hashed_config, load_experiment,
                           reference_side, to_dict)
 from bench.errors import BenchError, ConfigError
@@ -158,6 +159,9 @@ def test_hash_ignores_what_does_not_change_numbers(tmp_path):
     changed = load(tmp_path, **{"steps: 4": "steps: 4, lr: 0.5", "dim: 32": "dim: 64"})
     assert differing_keys(hashed_config(base), hashed_config(changed)) == ["model.dim", "train.lr"]
     assert config_hash(hashed_config(base)) != config_hash(hashed_config(changed))
+    # Cells made by a data pipeline of another version never count as the same config.
+    older = {**hashed_config(base), "data_version": DATA_VERSION - 1}
+    assert differing_keys(older, hashed_config(base)) == ["data_version"]
 
 
 def test_resolved_config_is_plain_data(tmp_path):

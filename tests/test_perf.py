@@ -30,12 +30,18 @@ def test_command_runs_on_a_tiny_batch_and_writes_every_setup(tmp_path, capsys):
                       "--warmup", "0", "--skip-data", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     rows = {row["setup"]: row for row in result["setups"]}
-    assert list(rows) == ["padded", "packed256", "packed512", "grouped"]  # flex is CUDA-only
+    assert list(rows) == ["padded", "padded_hw", "packed256", "packed512", "grouped"]  # flex is CUDA-only
     assert rows["grouped"]["padding_fraction"] == 0 and rows["padded"]["train_speedup"] == 1
+    # Pixel padding: every row is the largest H by the largest W, in patches.
+    images, _ = perf.standard_batch(6, 16, seed=0)
+    hw = max(i.shape[1] for i in images) // 16 * (max(i.shape[2] for i in images) // 16)
+    longest = max(i.shape[1] * i.shape[2] for i in images) // 16 ** 2
+    assert rows["padded_hw"]["shape"] == f"6x{hw}" and rows["padded"]["shape"] == f"6x{longest}" and hw > longest
     for row in rows.values():
         assert row["train_s"] > 0 and row["eval_s"] > 0 and row["real_tokens"] == result["batch"]["real_tokens"]
         assert math.isfinite(row["train_speedup"]) and row["mfu"] is None  # no MFU on CPU
-    assert set(result["targets"]) >= {"packed256_train_speedup", "packed256_over_grouped_train_time",
+    assert set(result["targets"]) >= {"packed256_train_speedup", "packed256_train_speedup_over_padded_hw",
+                                      "packed256_over_grouped_train_time",
                                       "packed256_mask_and_pack_share", "data_pipeline_share"}
     printed = capsys.readouterr().out
     assert "| packed256 |" in printed and "python -m bench.perf --images 6" in printed

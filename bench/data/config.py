@@ -14,6 +14,9 @@ TASKS = ("abs_position", "rel_position", "control")
 RESOLUTION_MODES = ("fixed", "navit", "budget")
 SIDE_DISTRIBUTIONS = ("uniform", "truncnorm")
 DROP_KINDS = ("none", "constant", "beta")
+# Bumped whenever the same config gives other images or batches (renderer, batch drawing), so a
+# results folder never mixes cells of two versions: it is part of every cell's config hash.
+DATA_VERSION = 2
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -14,6 +14,7 @@ import functools
 from typing import Sequence
 
 import numpy as np
+from numba import njit
 
 # One purpose per first key element. Keys of a purpose always have the same length, because
 # SeedSequence treats [a, b] and [a, b, 0] as the same key.
@@ -27,8 +28,10 @@ def stream(purpose: int, *key: int) -> np.random.Generator:
     return np.random.default_rng([purpose, *key])
 
 
+@njit(cache=True)
 def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a bijection of uint64 whose every output bit depends on every input bit."""
+    """splitmix64's finaliser: a bijection of uint64 whose every output bit depends on every input bit.
+    Compiled, for uint64 arrays and scalars alike; uint64 arithmetic wraps by design."""
     x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
@@ -40,10 +43,9 @@ def _key_state(*key: int) -> int:
     for part in key:
         if not 0 <= part < 2 ** 63:
             raise ValueError(f"stream key parts must be in [0, 2^63), got {part}")
-    with np.errstate(over="ignore"):
-        state = np.zeros(1, np.uint64)
-        for part in key:
-            state = _mix(state + _GOLDEN + np.uint64(part))
+    state = np.zeros(1, np.uint64)
+    for part in key:
+        state = _mix(state + _GOLDEN + np.uint64(part))
     return int(state[0])
 
 
@@ -54,8 +56,14 @@ def keyed_uniforms(purpose: int, *key: int, index: Sequence[int] | np.ndarray, c
     rows of different keys or indices are unrelated, and a row never depends on its batch-mates.
     """
     state = np.uint64(_key_state(purpose, *key))
-    with np.errstate(over="ignore"):   # uint64 arithmetic wraps by design
-        rows = _mix(state ^ _mix(np.asarray(index, np.uint64) + _GOLDEN))
-        steps = np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN
-        bits = _mix(rows[:, None] + steps)
-    return (bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53   # the top 53 bits fill a double exactly
+    return _sequences(_mix(state ^ _mix(np.asarray(index, np.uint64) + _GOLDEN)), count)
+
+
+@njit(cache=True)
+def _sequences(rows: np.ndarray, count: int) -> np.ndarray:
+    """Row i: the splitmix64 outputs of state rows[i], mapped to [0, 1) by their top 53 bits."""
+    out = np.empty((rows.shape[0], count))
+    for i in range(rows.shape[0]):
+        for k in range(count):
+            out[i, k] = (_mix(rows[i] + np.uint64(k + 1) * _GOLDEN) >> np.uint64(11)) * 2.0 ** -53
+    return out

@@ -26,6 +26,7 @@ from numba import njit, vectorize
 from torch import Tensor
 
 from ..packing import Layout, PackedBatch, layout, patch_grids
+from .config import TASKS
 from .source import ImageSource
 from .streams import ASPECT, SCENE, SPLITS, keyed_uniforms
 
@@ -95,121 +96,111 @@ class Scenes:
 
 
 # ---- sampling -------------------------------------------------------------------------------
+# Each scene reads its random numbers in order from its own row of uniforms in [0, 1), a field at
+# a time. A compiled loop over scenes costs a fraction of sampling each field for the whole batch
+# with array operations, a hundred calls on arrays of a few dozen numbers.
 
-# Scenes are sampled with numpy: dozens of operations on arrays of a few dozen numbers each, where
-# numpy's per-call overhead is a fraction of torch's.
-
-class _Draws:
-    """Hands out columns of a [B, NUM_UNIFORMS] table, so each field of a scene is vectorised."""
-
-    def __init__(self, uniforms: np.ndarray):
-        self._uniforms, self._next = uniforms, 0
-
-    def _take(self, shape: tuple[int, ...]) -> np.ndarray:
-        n = math.prod(shape)
-        if self._next + n > self._uniforms.shape[1]:
-            raise RuntimeError("scene sampler needs more than NUM_UNIFORMS random numbers")
-        cols = self._uniforms[:, self._next:self._next + n]
-        self._next += n
-        return cols.reshape(-1, *shape)
-
-    def uniform(self, low, high, *shape: int) -> np.ndarray:
-        """[B, *shape]; low and high may be [B] arrays when shape is empty."""
-        return low + (high - low) * self._take(shape)
-
-    def integer(self, count: int) -> np.ndarray:
-        """[B] int64, uniform over range(count)."""
-        return np.minimum((self._take(()) * count).astype(np.int64), count - 1)
-
-
-def _color(d: _Draws, low: float, high: float, saturation: float) -> np.ndarray:
-    """[B, 3] with brightness in [low, high]; saturation 0 gives greys."""
-    value = d.uniform(low, high)
-    return value[:, None] * (1 - saturation * d.uniform(0.0, 1.0, 3))
-
-
-Slot = tuple[np.ndarray, ...]   # shape [B], centre [B, 2], radius [B], colour [B, 3]
-
-
-def _distractors(d: _Draws, max_count: int, saturation: float) -> list[Slot]:
-    count = d.integer(max_count + 1)
-    slots = []
-    for k in range(max_count):
-        shape = np.where(count > k, d.integer(len(SHAPES)), EMPTY)
-        slots.append((shape, d.uniform(0.08, 0.92, 2), d.uniform(0.04, 0.08), _color(d, 0.35, 0.6, saturation)))
-    return slots
-
-
+NUM_SLOTS = {"abs_position": 3, "rel_position": 4, "control": 3}   # two distractor slots, then the task's
 TARGET_RADIUS = (0.07, 0.10)   # in units of the shorter side
-
-
-def _abs_position(d: _Draws) -> tuple[np.ndarray, list[Slot]]:
-    slots = _distractors(d, 2, saturation=0.8)
-    cell = d.integer(9)
-    radius = d.uniform(*TARGET_RADIUS)
-    corner = np.stack([cell % 3, cell // 3], -1) / 3
-    # The centre is uniform over its whole cell: pinned near the cell's middle, the target would sit
-    # at a fixed offset from the patch borders at each size, a cue that a model without positions
-    # reads from the patches alone. Keeping it >= radius from the border (radius is relative to the
-    # shorter side, so it is a safe margin on both axes) means the target is never clipped.
-    low = np.maximum(corner, radius[:, None])
-    high = np.minimum(corner + 1 / 3, 1 - radius[:, None])
-    center = low + (high - low) * d.uniform(0.0, 1.0, 2)
-    target = (d.integer(len(SHAPES)), center, radius, _color(d, 0.85, 1.0, 0.15))
-    return cell, slots + [target]
-
-
 REL_MARGIN = 0.11    # the largest radius: centres this far from the border stay inside the image
+RED_BLUE = ((0.8, 1.0, 0.0, 0.2, 0.0, 0.2), (0.0, 0.2, 0.2, 0.45, 0.8, 1.0))   # (low, high) per channel
 
 
-def _rel_position(d: _Draws) -> tuple[np.ndarray, list[Slot]]:
-    slots = _distractors(d, 2, saturation=0.0)
-    axis = d.integer(2)            # 0: the pair lies along x, 1: along y
-    blue_first = d.integer(2)      # the mirror coin: swaps red and blue, nothing else
-    gap = d.uniform(0.3, 0.6)      # >= 0.3 along the axis, > the two radii: no overlap
-    first = d.uniform(REL_MARGIN, 1 - REL_MARGIN - gap)
-    second = first + gap
-    across = d.uniform(REL_MARGIN + 0.04, 1 - REL_MARGIN - 0.04)
-    wobble = d.uniform(-0.04, 0.04, 2)
-    red_along = np.where(blue_first == 1, second, first)
-    blue_along = np.where(blue_first == 1, first, second)
-
-    def place(along: np.ndarray, off: np.ndarray) -> np.ndarray:
-        return np.where(axis[:, None] == 0, np.stack([along, off], -1), np.stack([off, along], -1))
-
-    red_color = np.stack([d.uniform(0.8, 1.0), d.uniform(0.0, 0.2), d.uniform(0.0, 0.2)], -1)
-    blue_color = np.stack([d.uniform(0.0, 0.2), d.uniform(0.2, 0.45), d.uniform(0.8, 1.0)], -1)
-    red = (d.integer(len(SHAPES)), place(red_along, across + wobble[:, 0]), d.uniform(0.07, 0.11), red_color)
-    blue = (d.integer(len(SHAPES)), place(blue_along, across + wobble[:, 1]), d.uniform(0.07, 0.11), blue_color)
-    return 2 * axis + blue_first, slots + [red, blue]
+@njit(cache=True)
+def _uniform(u: float, low: float, high: float) -> float:
+    return low + (high - low) * u
 
 
-def _control(d: _Draws) -> tuple[np.ndarray, list[Slot]]:
-    slots = _distractors(d, 2, saturation=0.8)
-    shape = d.integer(len(CONTROL_SHAPES))
-    main = (shape, d.uniform(0.3, 0.7, 2), d.uniform(0.2, 0.3), _color(d, 0.6, 1.0, 0.6))
-    return shape, slots + [main]
+@njit(cache=True)
+def _integer(u: float, count: int) -> int:
+    """Uniform over range(count)."""
+    return min(int(u * count), count - 1)
 
 
-_TASK_SAMPLERS = {"abs_position": _abs_position, "rel_position": _rel_position, "control": _control}
+@njit(cache=True)
+def _place(u, at, center_low, center_high, radius_low, radius_high, centers, radii, k):
+    """Slot k's centre, uniform in [center_low, center_high]^2, and radius; returns the next draw."""
+    centers[k, 0] = _uniform(u[at], center_low, center_high)
+    centers[k, 1] = _uniform(u[at + 1], center_low, center_high)
+    radii[k] = _uniform(u[at + 2], radius_low, radius_high)
+    return at + 3
+
+
+@njit(cache=True)
+def _color(u, at, low, high, saturation, colors, k):
+    """Slot k's colour, brightness in [low, high], saturation 0 for greys; returns the next draw."""
+    value = _uniform(u[at], low, high)
+    for c in range(3):
+        colors[k, c] = value * (1 - saturation * u[at + 1 + c])
+    return at + 4
+
+
+@njit(cache=True)
+def _sample(task, uniforms, labels, background, waves, shapes, centers, radii, colors):
+    for b in range(uniforms.shape[0]):
+        u = uniforms[b]
+        for c in range(3):
+            background[b, c] = _uniform(u[c], 0.0, 0.3)
+        for n in range(NUM_WAVES):   # direction (rad), cycles per short side, phase, amplitude
+            waves[b, n, 0] = _uniform(u[3 + n], 0.0, math.pi)
+            waves[b, n, 1] = _uniform(u[3 + NUM_WAVES + n], 0.5, 3.0)
+            waves[b, n, 2] = _uniform(u[3 + 2 * NUM_WAVES + n], 0.0, 2 * math.pi)
+            waves[b, n, 3] = _uniform(u[3 + 3 * NUM_WAVES + n], 0.0, 0.05)
+        at = 3 + 4 * NUM_WAVES
+        # Two distractor slots, 0 to 2 of them used; grey in rel_position, where colours are the task.
+        count = _integer(u[at], 3)
+        at += 1
+        for k in range(2):
+            shapes[b, k] = _integer(u[at], len(SHAPES)) if count > k else EMPTY
+            at = _place(u, at + 1, 0.08, 0.92, 0.04, 0.08, centers[b], radii[b], k)
+            at = _color(u, at, 0.35, 0.6, 0.0 if task == 1 else 0.8, colors[b], k)
+        if task == 0:   # abs_position: which cell of a 3x3 layout holds the bright target
+            cell = _integer(u[at], 9)
+            radius = _uniform(u[at + 1], TARGET_RADIUS[0], TARGET_RADIUS[1])
+            # The centre is uniform over its whole cell: pinned near the cell's middle, the target
+            # would sit at a fixed offset from the patch borders at each size, a cue that a model
+            # without positions reads from the patches alone. Keeping it >= radius from the border
+            # (radius is relative to the shorter side: a safe margin on both axes) never clips it.
+            for axis, corner in enumerate((cell % 3 / 3, cell // 3 / 3)):
+                centers[b, 2, axis] = _uniform(u[at + 2 + axis], max(corner, radius), min(corner + 1 / 3, 1 - radius))
+            shapes[b, 2], radii[b, 2] = _integer(u[at + 4], len(SHAPES)), radius
+            _color(u, at + 5, 0.85, 1.0, 0.15, colors[b], 2)
+            labels[b] = cell
+        elif task == 1:   # rel_position: where the blue object sits relative to the red one
+            axis = _integer(u[at], 2)               # 0: the pair lies along x, 1: along y
+            blue_first = _integer(u[at + 1], 2)     # the mirror coin: swaps red and blue, nothing else
+            gap = _uniform(u[at + 2], 0.3, 0.6)     # >= 0.3 along the axis, > the two radii: no overlap
+            first = _uniform(u[at + 3], REL_MARGIN, 1 - REL_MARGIN - gap)
+            across = _uniform(u[at + 4], REL_MARGIN + 0.04, 1 - REL_MARGIN - 0.04)
+            along = (first + gap, first) if blue_first == 1 else (first, first + gap)   # red's, blue's
+            for k in range(2):   # slot 2 is red, slot 3 blue
+                for c in range(3):
+                    colors[b, 2 + k, c] = _uniform(u[at + 7 + 3 * k + c], RED_BLUE[k][2 * c], RED_BLUE[k][2 * c + 1])
+                shapes[b, 2 + k] = _integer(u[at + 13 + 2 * k], len(SHAPES))
+                centers[b, 2 + k, axis] = along[k]
+                centers[b, 2 + k, 1 - axis] = across + _uniform(u[at + 5 + k], -0.04, 0.04)
+                radii[b, 2 + k] = _uniform(u[at + 14 + 2 * k], 0.07, 0.11)
+            labels[b] = 2 * axis + blue_first
+        else:   # control: the shape of the large object
+            shape = _integer(u[at], len(CONTROL_SHAPES))
+            shapes[b, 2] = shape
+            _color(u, _place(u, at + 1, 0.3, 0.7, 0.2, 0.3, centers[b], radii[b], 2), 0.6, 1.0, 0.6, colors[b], 2)
+            labels[b] = shape
 
 
 def scenes_from_uniforms(task: str, uniforms: np.ndarray) -> Scenes:
     """Scenes from a [B, NUM_UNIFORMS] table of uniforms in [0, 1)."""
-    d = _Draws(uniforms)
-    background = d.uniform(0.0, 0.3, 3)
-    waves = np.stack([d.uniform(0.0, math.pi, NUM_WAVES), d.uniform(0.5, 3.0, NUM_WAVES),
-                         d.uniform(0.0, 2 * math.pi, NUM_WAVES), d.uniform(0.0, 0.05, NUM_WAVES)], -1)
-    labels, slots = _TASK_SAMPLERS[task](d)
-    shapes, centers, radii, colors = (np.stack(parts, 1) for parts in zip(*slots))
-    return Scenes(*(torch.from_numpy(np.ascontiguousarray(a, np.int64 if a.dtype.kind == "i" else np.float32))
-                    for a in (labels, background, waves, shapes, centers, radii, colors)))
+    b, k = len(uniforms), NUM_SLOTS[task]
+    scenes = Scenes(labels=torch.empty(b, dtype=torch.long), background=torch.empty(b, 3),
+                    waves=torch.empty(b, NUM_WAVES, 4), shapes=torch.empty(b, k, dtype=torch.long),
+                    centers=torch.empty(b, k, 2), radii=torch.empty(b, k), colors=torch.empty(b, k, 3))
+    _sample(TASKS.index(task), uniforms, *(getattr(scenes, f.name).numpy() for f in fields(Scenes)))
+    return scenes
 
 
 def sample_scenes(task: str, seed: int, split: str, indices: Sequence[int]) -> Scenes:
     """Scene i depends only on (seed, split, task, i): train and test draw from disjoint streams."""
-    task_id = list(_TASK_SAMPLERS).index(task)
-    uniforms = keyed_uniforms(SCENE, seed, SPLITS[split], task_id, index=indices, count=NUM_UNIFORMS)
+    uniforms = keyed_uniforms(SCENE, seed, SPLITS[split], TASKS.index(task), index=indices, count=NUM_UNIFORMS)
     return scenes_from_uniforms(task, uniforms)
 
 
@@ -237,9 +228,9 @@ def render_packed(scenes: Scenes, sizes: Sequence[tuple[int, int]], plan: Layout
     out: only kept tokens are rendered, each in patchify's (C, p, p) order."""
     p = patch_size
     patches = plan.new_patches(3 * p * p)
-    tiles = torch.stack([plan.image, plan.y * p, plan.x * p, torch.full_like(plan.y, p),
-                         torch.full_like(plan.y, p), plan.slot * (3 * p * p)], 1)
-    _paint(patches.view(-1), tiles.numpy(), p * p, p, np.asarray(sizes, np.int64).reshape(-1, 2), scenes)
+    tiles = np.full((len(plan.slot), 6), p)
+    tiles[:, 0], tiles[:, 1], tiles[:, 2], tiles[:, 5] = plan.image, plan.y * p, plan.x * p, plan.slot * (3 * p * p)
+    _paint(patches.view(-1), tiles, p * p, p, np.asarray(sizes, np.int64).reshape(-1, 2), scenes)
     return patches
 
 
@@ -341,8 +332,8 @@ class SyntheticSource(ImageSource):
 
     def __init__(self, task: str, split: str, size: int, seed: int = 0,
                  aspect_range: Sequence[float] = (0.5, 2.0)):
-        if task not in _TASK_SAMPLERS:
-            raise ValueError(f"unknown task {task!r}; choose one of {', '.join(_TASK_SAMPLERS)}")
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
         self.task, self.split, self.size, self.seed = task, split, size, seed
