@@ -230,10 +230,9 @@ class Layout:
 
 
 def layout(grids: Sequence[tuple[int, int]], max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN, *,
-           rows: Sequence[Sequence[int]] | None = None, one_per_row: bool = False,
-           drop_rates: Tensor | Sequence[float] | None = None, generator: torch.Generator | None = None) -> Layout:
-    """Plan the rows for images of these (h, w) patch grids (see ``plan_rows``; or take ``rows``,
-    lists of image indices that fit max_seq_len), and place each kept token.
+           one_per_row: bool = False, drop_rates: Tensor | Sequence[float] | None = None,
+           generator: torch.Generator | None = None) -> Layout:
+    """Plan the rows for images of these (h, w) patch grids (``plan_rows``) and place each kept token.
 
     ``drop_rates`` ([N] in [0, 1]) enables continuous token dropping: each image keeps a random
     subset of its tokens, in their original order, and each kept token keeps its coordinate.
@@ -243,12 +242,8 @@ def layout(grids: Sequence[tuple[int, int]], max_seq_len: int | None = DEFAULT_M
     kept = lengths
     if drop_rates is not None:
         kept = [keep_count(n, rate) for n, rate in zip(lengths, torch.as_tensor(drop_rates).tolist())]
-    rows = plan_rows(kept, max_seq_len, one_per_row) if rows is None else rows
+    rows = plan_rows(kept, max_seq_len, one_per_row)
     fills = [sum(kept[i] for i in row) for row in rows]
-    if sorted(i for row in rows for i in row) != list(range(len(grids))):
-        raise ValueError(f"rows {rows} must hold each of the {len(grids)} images exactly once")
-    if max_seq_len is not None and any(fill > max_seq_len and len(row) > 1 for row, fill in zip(rows, fills)):
-        raise ValueError(f"rows {rows} hold more than max_seq_len={max_seq_len} tokens in a row of several images")
     row_len = max(fills)
     # One line of plain ints per image, in packed order: tokens | tokens of the images before it |
     # kept tokens | slot of its first kept token minus the kept tokens before it | image | grid width.
@@ -283,9 +278,8 @@ _COPY_MIN_NUMEL = 1 << 13
 
 
 def pack(images: Sequence[Tensor], patch_size: int, max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN,
-         *, rows: Sequence[Sequence[int]] | None = None, one_per_row: bool = False,
-         drop_rates: Tensor | None = None, generator: torch.Generator | None = None,
-         channels: int | None = None) -> PackedBatch:
+         *, one_per_row: bool = False, drop_rates: Tensor | None = None,
+         generator: torch.Generator | None = None, channels: int | None = None) -> PackedBatch:
     """Patchify a list of (C, H, W) images, optionally drop tokens (see ``layout``), and pack
     them into rows."""
     validate_images(images, patch_size, channels)
@@ -295,8 +289,7 @@ def pack(images: Sequence[Tensor], patch_size: int, max_seq_len: int | None = DE
         raise ValueError(f"images have {sorted({shape[0] for shape in shapes})} channels: "
                          "all must have the same")
     grids = [(H // p, W // p) for _, H, W in shapes]
-    plan = layout(grids, max_seq_len, rows=rows, one_per_row=one_per_row, drop_rates=drop_rates,
-                  generator=generator)
+    plan = layout(grids, max_seq_len, one_per_row=one_per_row, drop_rates=drop_rates, generator=generator)
     patches = plan.new_patches(c * p * p, images[0].dtype)
 
     # Each gathered image's first value in the gathered buffer, in runs of p values (-1: copied).

@@ -408,7 +408,7 @@ def summary(result: dict) -> str:
     p = result["data_pipeline"]
     if p:
         lines.append(f"data pipeline: rendering + packing a training batch of {p['experiment']} takes "
-                     f"{p['data_s'] * 1e3:.0f} ms, {p['share']:.1%} of its {p['train_s'] * 1e3:.0f} ms train "
+                     f"{p['data_s'] * 1e3:.2f} ms, {p['share']:.1%} of its {p['train_s'] * 1e3:.0f} ms train "
                      f"step ({p['variant']}) (target < 10%)")
     else:
         lines.append(f"data pipeline: not measured (--skip-data, or no {s['experiment']})")

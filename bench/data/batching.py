@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
-from ..packing import PackedBatch, keep_count
+from ..packing import PackedBatch, keep_count, plan_rows
 from .config import DropConfig, ResolutionConfig
 from .resolution import check_resolution, train_sizes
 from .source import ImageSource
@@ -33,17 +33,16 @@ class Pick:
     size: tuple[int, int]      # (H, W) it is rendered or resized to
     drop_rate: float
     kept: int                  # tokens left after token dropping
-    row: int                   # of the global batch
 
 
 class TrainBatches(Dataset):
     """``batches[step]`` -> (PackedBatch, labels [N] long) for that training step.
 
     Images are drawn uniformly with replacement, each with a size from the resolution policy and
-    a drop rate, and placed in the first row with room for it (first fit, tokens_per_batch //
-    max_seq_len rows of max_seq_len tokens) until the rows are full: the first image that fits no
-    row ends the batch. Those rows are the packed rows. The budget counts tokens kept after
-    dropping. tokens_per_batch is global: with world_size > 1, rank r takes the packed
+    a drop rate, until the batch's rows (tokens_per_batch // max_seq_len rows of max_seq_len
+    tokens) are full: the first image that fits no row (first fit, in draw order) ends the batch.
+    The images are then packed longest first, which often needs a row less (less padding to
+    compute). The budget counts tokens kept after dropping. tokens_per_batch is global: with world_size > 1, rank r takes the packed
     rows r, r + world_size, ... of the same global batch.
     """
 
@@ -70,19 +69,16 @@ class TrainBatches(Dataset):
         mine = self._share(self._draw(rng))
         drop_rates = None if self.drop.kind == "none" else torch.tensor([pick.drop_rate for pick in mine])
         generator = torch.Generator().manual_seed(int(rng.integers(2 ** 32)))   # which tokens are dropped
-        rows: dict[int, list[int]] = {}
-        for i, pick in enumerate(mine):
-            rows.setdefault(pick.row, []).append(i)
         return self.source.load_packed([pick.index for pick in mine], [pick.size for pick in mine], self.patch_size,
-                                       self.max_seq_len, rows=list(rows.values()), drop_rates=drop_rates,
-                                       generator=generator)
+                                       self.max_seq_len, drop_rates=drop_rates, generator=generator)
 
     def picks(self, step: int) -> list[Pick]:
         """This rank's images of batch ``step``, in the order of the batch's labels."""
         return self._share(self._draw(stream(BATCH, self.seed, step)))
 
     def _share(self, picks: list[Pick]) -> list[Pick]:
-        return [pick for pick in picks if pick.row % self.world_size == self.rank]
+        rows = plan_rows([pick.kept for pick in picks], self.max_seq_len)
+        return [picks[i] for i in sorted(i for row in rows[self.rank::self.world_size] for i in row)]
 
     def _draw(self, rng: np.random.Generator) -> list[Pick]:
         """The global batch, identical on every rank."""
@@ -98,10 +94,17 @@ class TrainBatches(Dataset):
                 for row, free in enumerate(room):
                     if free >= kept:
                         room[row] -= kept
-                        picks.append(Pick(index, tuple(size), rate, kept, row))
+                        picks.append(Pick(index, tuple(size), rate, kept))
                         break
                 else:   # the first image that fits no row ends the batch
-                    return picks
+                    return self._fit(picks)
+
+    def _fit(self, picks: list[Pick]) -> list[Pick]:
+        # The packing plan (longest first) now and then needs one row more than the first fit that
+        # chose the images: drop the last images until it fits.
+        while len(plan_rows([pick.kept for pick in picks], self.max_seq_len)) > self.num_rows:
+            picks.pop()
+        return picks
 
     def _drop_rates(self, rng: np.random.Generator) -> list[float]:
         if self.drop.kind == "constant":

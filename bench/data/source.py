@@ -54,12 +54,11 @@ class ImageSource:
         return images, labels
 
     def load_packed(self, indices: Sequence[int], sizes: Sequence[tuple[int, int]], patch_size: int,
-                    max_seq_len: int | None, *, rows: list[list[int]] | None = None,
-                    drop_rates: Tensor | None = None, generator: torch.Generator | None = None,
-                    ) -> tuple[PackedBatch, Tensor]:
+                    max_seq_len: int | None, *, drop_rates: Tensor | None = None,
+                    generator: torch.Generator | None = None) -> tuple[PackedBatch, Tensor]:
         """(``pack`` of image indices[i] at sizes[i], labels long [N]); see ``packing.layout``."""
         images, labels = self.load_sized(indices, sizes)
-        return pack(images, patch_size, max_seq_len, rows=rows, drop_rates=drop_rates, generator=generator,
+        return pack(images, patch_size, max_seq_len, drop_rates=drop_rates, generator=generator,
                     channels=self.channels), labels
 
 

@@ -374,11 +374,9 @@ class SyntheticSource(ImageSource):
         return render(scenes, *size), scenes.labels
 
     def load_packed(self, indices: Sequence[int], sizes: Sequence[tuple[int, int]], patch_size: int,
-                    max_seq_len: int | None, *, rows: list[list[int]] | None = None,
-                    drop_rates: Tensor | None = None, generator: torch.Generator | None = None,
-                    ) -> tuple[PackedBatch, Tensor]:
+                    max_seq_len: int | None, *, drop_rates: Tensor | None = None,
+                    generator: torch.Generator | None = None) -> tuple[PackedBatch, Tensor]:
         # Rendered straight into the rows: no image is ever materialised, dropped tokens are not drawn.
-        plan = layout(patch_grids(sizes, patch_size), max_seq_len, rows=rows, drop_rates=drop_rates,
-                      generator=generator)
+        plan = layout(patch_grids(sizes, patch_size), max_seq_len, drop_rates=drop_rates, generator=generator)
         scenes = self.scenes(indices)
         return plan.batch(render_packed(scenes, sizes, plan, patch_size)), scenes.labels
