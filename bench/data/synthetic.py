@@ -90,10 +90,6 @@ class Scenes:
     def __len__(self) -> int:
         return self.labels.shape[0]
 
-    def select(self, rows: Sequence[int]) -> "Scenes":
-        index = torch.as_tensor(rows, dtype=torch.long)
-        return Scenes(*(getattr(self, f.name)[index] for f in fields(self)))
-
 
 # ---- sampling -------------------------------------------------------------------------------
 # Each scene reads its random numbers in order from its own row of uniforms in [0, 1), a field at
