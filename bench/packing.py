@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numba import njit
 from torch import Tensor
 
 PAD = -1
@@ -159,33 +160,57 @@ def _first_fit(order: list[int], lengths: Sequence[int], max_seq_len: int) -> li
 
 
 def _fullest_rows(order: list[int], lengths: Sequence[int], max_seq_len: int) -> list[list[int]]:
-    """Each row: the longest image left, then the subset of the others that fills it most.
-
-    An exact subset sum over the row's room, with Python ints as bitsets (bit t set: some subset
-    sums to t), so a row costs O(images) big-int operations. Ties keep the longer images.
-    """
-    rows: list[list[int]] = []
-    left = order
-    while left:
-        first, rest = left[0], left[1:]
-        room = max_seq_len - lengths[first]
-        if room <= 0:
-            rows.append([first])
-            left = rest
-            continue
-        fits = (1 << (room + 1)) - 1
-        reach = [1]  # reach[k]: sums reachable with rest[:k]
-        for i in rest:
-            reach.append((reach[-1] | reach[-1] << lengths[i]) & fits)
-        target, taken = reach[-1].bit_length() - 1, []
-        for k in range(len(rest), 0, -1):  # walk back, skipping the shortest images when possible
-            if not reach[k - 1] >> target & 1:
-                taken.append(rest[k - 1])
-                target -= lengths[rest[k - 1]]
-        rows.append([first, *reversed(taken)])
-        chosen = set(taken)
-        left = [i for i in rest if i not in chosen]
+    """Each row: the longest image left, then the subset of the others that fills it most."""
+    row_of = _fullest_row_ids(np.array([lengths[i] for i in order], np.int64), max_seq_len)
+    rows: list[list[int]] = [[] for _ in range(int(row_of.max()) + 1)]
+    for i, row in zip(order, row_of.tolist()):
+        rows[row].append(i)
     return rows
+
+
+@njit(cache=True)
+def _fullest_row_ids(lengths: np.ndarray, max_seq_len: int) -> np.ndarray:
+    """The row of each image (``lengths`` in visiting order), rows numbered as they open.
+
+    An exact subset sum per row (reach[k, t]: some subset of the first k candidates sums to t),
+    compiled: a batch plans in microseconds. Ties keep the longer images: the walk back skips the
+    latest candidates whenever the target stays reachable without them.
+    """
+    n = lengths.shape[0]
+    row_of = np.full(n, -1, np.int64)
+    reach = np.zeros((n + 1, max_seq_len + 1), np.bool_)
+    candidates = np.empty(n, np.int64)
+    row = 0
+    for first in range(n):
+        if row_of[first] >= 0:
+            continue
+        row_of[first] = row
+        room = max_seq_len - lengths[first]
+        if room > 0:
+            m = 0
+            for k in range(first + 1, n):
+                if row_of[k] < 0:
+                    candidates[m] = k
+                    m += 1
+            reach[0, :] = False
+            reach[0, 0] = True
+            end = m
+            for k in range(m):
+                w = lengths[candidates[k]]
+                for t in range(room + 1):
+                    reach[k + 1, t] = reach[k, t] or (t >= w and reach[k, t - w])
+                if reach[k + 1, room]:   # the row can be filled exactly: later candidates would be skipped
+                    end = k + 1
+                    break
+            target = room
+            while not reach[end, target]:
+                target -= 1
+            for k in range(end, 0, -1):
+                if not reach[k - 1, target]:
+                    row_of[candidates[k - 1]] = row
+                    target -= lengths[candidates[k - 1]]
+        row += 1
+    return row_of
 
 
 def keep_count(length: int, drop_rate: float) -> int:
