@@ -51,6 +51,7 @@ NUM_CLASSES = 100
 FLEX_BLOCK = 128
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EXPERIMENT = REPO / "experiments" / "default.yaml"
+DATA_ROUNDS = 50   # timed rounds of the data-pipeline measurement, at least
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendors' data sheets, in TFLOP/s.
 # First substring match on the device name wins, so specific names come first.
@@ -292,8 +293,9 @@ def run(args, command: str) -> dict:
                   "longest_image_tokens": max((i.shape[1] // args.patch) * (i.shape[2] // args.patch) for i in images)},
         "peak_bf16_tflops": peak, "compile": compile_info, "other_load": load.share, "setups": rows,
     }
-    result["data_pipeline"] = None if args.skip_data else data_pipeline(Path(args.experiment), device, amp,
-                                                                         args.steps, args.warmup)
+    # A data-pipeline round takes milliseconds, not seconds: many rounds cost little and steady it.
+    result["data_pipeline"] = None if args.skip_data else data_pipeline(
+        Path(args.experiment), device, amp, max(args.steps, DATA_ROUNDS), max(args.warmup, 5))
     result["targets"] = targets(result)
     return result
 

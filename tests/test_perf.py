@@ -47,6 +47,17 @@ def test_command_runs_on_a_tiny_batch_and_writes_every_setup(tmp_path, capsys):
     assert "| packed256 |" in printed and "python -m bench.perf --images 6" in printed
 
 
+def test_data_pipeline_is_timed_against_the_experiments_train_step(make_config, tmp_path, capsys):
+    out = tmp_path / "perf.json"
+    assert perf.main(["--images", "2", "--dim", "16", "--depth", "1", "--heads", "2", "--steps", "1", "--warmup", "0",
+                      "--experiment", str(make_config()), "--json", str(out)]) == 0
+    pipeline = json.loads(out.read_text())["data_pipeline"]
+    assert pipeline["experiment"] == "tiny" and pipeline["variant"] == "nope"
+    assert pipeline["data_s"] > 0 and pipeline["train_s"] > 0
+    assert pipeline["share"] == pytest.approx(pipeline["data_s"] / pipeline["train_s"], rel=0.5)
+    assert "data pipeline: rendering + packing a training batch of tiny takes" in capsys.readouterr().out
+
+
 def test_bad_flags_are_one_line_errors(capsys):
     assert perf.main(["--images", "0", "--skip-data"]) == 2
     assert perf.main(["--patch", "24", "--skip-data"]) == 2
