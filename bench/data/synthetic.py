@@ -340,21 +340,23 @@ class SyntheticSource(ImageSource):
     def __len__(self) -> int:
         return self.size
 
-    def _check(self, index: int) -> int:
-        if not 0 <= index < self.size:
-            raise IndexError(f"scene {index} out of range for {self.size} {self.split} scenes")
-        return int(index)
+    def _indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """int64 scene indices; IndexError names the first one out of range."""
+        array = np.asarray(indices, np.int64).reshape(-1)
+        outside = (array < 0) | (array >= self.size)
+        if outside.any():
+            raise IndexError(f"scene {array[outside][0]} out of range for {self.size} {self.split} scenes")
+        return array
 
     def scenes(self, indices: Sequence[int]) -> Scenes:
-        return sample_scenes(self.task, self.seed, self.split, [self._check(i) for i in indices])
+        return sample_scenes(self.task, self.seed, self.split, self._indices(indices))
 
     def native_size(self, index: int) -> tuple[int, int]:
-        height, width = self.native_sizes(np.array([self._check(index)])).tolist()[0]
+        height, width = self.native_sizes(np.array([index])).tolist()[0]
         return height, width
 
     def native_sizes(self, indices: np.ndarray) -> np.ndarray:
-        if len(indices) and not (0 <= indices.min() and indices.max() < self.size):
-            raise IndexError(f"scenes {indices.min()}..{indices.max()} out of range for {self.size} {self.split} scenes")
+        indices = self._indices(indices)
         # Log-uniform aspect (W / H), so a and 1 / a are equally likely; its own stream keeps it cheap.
         u = keyed_uniforms(ASPECT, self.seed, SPLITS[self.split], index=indices, count=1)[:, 0]
         low, high = np.log(self.aspect_range)
