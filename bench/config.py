@@ -26,7 +26,7 @@ from .data import DataConfig, DropConfig, EvalGridConfig, ResolutionConfig, budg
 from .data.config import DATA_VERSION
 from .data.resolution import aspect_size, check_resolution
 from .errors import BenchError, ConfigError
-from .model import build_model
+from .model import POOLS, build_model
 from .posembed import build_posembed, list_variants, variant_options
 
 # Keys that never change a cell's numbers: editing them must keep reusing finished cells.
@@ -46,14 +46,14 @@ class ModelConfig:
     depth: int = 2
     heads: int = 4
     mlp_ratio: float = 4.0
-    pool: str = "mean"        # mean | map (masked attention pooling)
+    pool: str = "mean"        # mean | map (masked attention pooling) | cls (a learned token per image)
     attention: str = "sdpa"   # sdpa | flex (FlexAttention, for CUDA)
 
     def __post_init__(self):
         for key in ("patch_size", "dim", "depth", "heads"):
             _positive(self, key)
         _positive(self, "mlp_ratio")
-        _one_of(self, "pool", ("mean", "map"))
+        _one_of(self, "pool", POOLS)
         _one_of(self, "attention", ("sdpa", "flex"))
         if self.dim % self.heads:
             raise ConfigError("heads", f"dim={self.dim} must be divisible by heads={self.heads}")

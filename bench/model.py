@@ -1,8 +1,8 @@
 """NaViT: a ViT over packed sequences of images of any size.
 
-images -> pack (bench.packing) -> patch embedding -> + positional embedding -> blocks with
-block-diagonal attention -> masked pooling per image -> classifier. Every mask is derived from
-the one per-token image-id tensor of the PackedBatch.
+images -> pack (bench.packing) -> patch embedding -> + positional embedding (-> one CLS slot
+per image appended to its row) -> blocks with block-diagonal attention -> pooling per image ->
+classifier. Every mask is derived from the one per-token image-id tensor.
 """
 from __future__ import annotations
 
@@ -12,8 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .packing import DEFAULT_MAX_SEQ_LEN, PAD, PackedBatch, pack
+from .packing import DEFAULT_MAX_SEQ_LEN, PAD, PackedBatch, needs_mask, pack
 from .posembed import build_posembed
+
+# mean: masked mean of each image's tokens; map: masked attention pooling (one learned probe);
+# cls: the final state of one learned token per image, packed in its row.
+POOLS = ("mean", "map", "cls")
 
 
 def attention_mask(image_ids: Tensor) -> Tensor:
@@ -137,14 +141,16 @@ class NaViT(nn.Module):
                  depth: int = 6, heads: int = 3, *, channels: int = 3, mlp_ratio: float = 4.0,
                  pool: str = "mean", attention: str = "sdpa", **pos_options):
         super().__init__()
-        if pool not in ("mean", "map"):
-            raise ValueError(f"pool must be 'mean' or 'map', got {pool!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
         if attention not in ("sdpa", "flex"):
             raise ValueError(f"attention must be 'sdpa' or 'flex', got {attention!r}")
         self.variant, self.patch_size, self.channels = variant, patch_size, channels
         self.attention = attention
         self.pos = build_posembed(variant, dim, heads, depth, **pos_options)
-        self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size)
+        # bias=False, as in the seed's patch embedding.
+        self.patch_embed = nn.Conv2d(channels, dim, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.cls_token = nn.Parameter(torch.randn(dim) * 0.02) if pool == "cls" else None
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
         self.pool = AttentionPool(dim, heads, mlp_ratio) if pool == "map" else None
@@ -166,32 +172,46 @@ class NaViT(nn.Module):
             raise ValueError("token dropping is for training only: this batch dropped "
                              f"{batch.num_dropped} tokens but the model is in eval mode")
         batch = batch.to(self.head.weight.device)
-        ids = batch.image_ids
-        rows, length = ids.shape
-        valid = ids != PAD
-        coords, grids = batch.coords[valid], batch.token_grids()[valid]
+        x, ids, rope = self.embed(batch)
+        x = self.norm((self.compiled_encode or self.encode)(x, self.build_mask(ids), rope))
+        return self.head(self.pooled(x, ids, batch))
 
+    def pooled(self, x: Tensor, ids: Tensor, batch: PackedBatch) -> Tensor:
+        """[N, dim], one vector per image, from the encoder's normed output x and its ids."""
+        if self.cls_token is not None:   # the CLS slots follow the batch's rows
+            slots, states = ids[:, batch.row_len:], x[:, batch.row_len:]
+            real = slots != PAD
+            return x.new_zeros(batch.num_images, x.shape[-1]).index_copy(0, slots[real], states[real])
+        valid = ids != PAD
+        if self.pool is None:
+            return masked_mean(x[valid], ids[valid], batch.num_images)
+        return self.pool(x[valid], ids[valid], batch.num_images)
+
+    def embed(self, batch: PackedBatch) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        """The encoder's inputs: tokens [R, L', dim], their image ids [R, L'] and the rotary
+        (cos, sin) or None. L' is the batch's row length L, plus, with pool="cls", one CLS slot per
+        image of the row (as many as the fullest row has images; PAD fills the rest). A CLS token
+        gets no additive embedding and angle 0 (no rotation), as RoPE-ViT leaves its class token."""
+        ids = batch.image_ids
+        positioned = ids != PAD
+        coords, grids = batch.coords[positioned], batch.token_grids()[positioned]
         x = self.embed_patches(batch.patches.to(self.head.weight.dtype))
         extra = self.pos.additive(coords, grids)
         if extra is not None:
-            x = x.masked_scatter(valid[..., None], (x[valid] + extra).to(x.dtype))
-        rope = self._rope(batch, valid, coords, grids)
+            x = x.masked_scatter(positioned[..., None], (x[positioned] + extra).to(x.dtype))
+        if self.cls_token is not None:
+            slots = cls_slots(ids, batch.num_images)
+            x = torch.cat([x, torch.where((slots != PAD)[..., None], self.cls_token.to(x.dtype), 0)], 1)
+            ids = torch.cat([ids, slots], 1)
+            positioned = torch.cat([positioned, torch.zeros_like(slots, dtype=torch.bool)], 1)
+        return x, ids, self._rope(positioned, coords, grids)
 
-        x = (self.compiled_encode or self.encode)(x, self.build_mask(batch), rope)
-
-        tokens, token_ids = self.norm(x)[valid], ids[valid]
-        if self.pool is None:
-            pooled = masked_mean(tokens, token_ids, batch.num_images)
-        else:
-            pooled = self.pool(tokens, token_ids, batch.num_images)
-        return self.head(pooled)
-
-    def build_mask(self, batch: PackedBatch):
-        """The batch's attention mask, built once and shared by every layer: None when every row
-        is one whole image (dense attention is exact), else a flex block mask or a bool mask."""
-        if not batch.needs_mask:
+    def build_mask(self, image_ids: Tensor):
+        """The attention mask of these image ids, built once and shared by every layer: None when
+        every row is one whole image (dense attention is exact), else a flex block mask or a bool mask."""
+        if not needs_mask(image_ids):
             return None
-        return flex_block_mask(batch.image_ids) if self.attention == "flex" else attention_mask(batch.image_ids)
+        return flex_block_mask(image_ids) if self.attention == "flex" else attention_mask(image_ids)
 
     def encode(self, x: Tensor, mask, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """The transformer blocks on [R, L, dim]: all of the model's attention and most of its FLOPs."""
@@ -201,20 +221,37 @@ class NaViT(nn.Module):
 
     def compile_encoder(self, **options) -> None:
         """torch.compile the blocks only. Their shapes are (rows, row length), which
-        packing.pad_to_buckets keeps to a few; embedding and pooling stay eager because their
-        shapes follow the number of real tokens and images, which changes every batch."""
+        packing.pad_to_buckets keeps to a few (CLS slots add the most images of a row to the
+        length); embedding and pooling stay eager because their shapes follow the number of real
+        tokens and images, which changes every batch."""
         self.compiled_encode = torch.compile(self.encode, **options)
 
-    def _rope(self, batch: PackedBatch, valid: Tensor, coords: Tensor, grids: Tensor):
-        """(cos, sin), each [depth or 1, R, heads or 1, L, head_dim/2]; padding is not rotated."""
+    def _rope(self, positioned: Tensor, coords: Tensor, grids: Tensor):
+        """(cos, sin), each [depth or 1, R, heads or 1, L, head_dim/2]; the tokens of ``positioned``
+        ([R, L] bool) are rotated by their angles, the others (padding, CLS) by angle 0."""
         angles = self.pos.rotary(coords, grids)
         if angles is None:
             return None
         layers, _, heads, half = angles.shape
-        full = angles.new_zeros(layers, *valid.shape, heads, half)
-        full[:, valid] = angles
+        full = angles.new_zeros(layers, *positioned.shape, heads, half)
+        full[:, positioned] = angles
         full = full.permute(0, 1, 3, 2, 4)
         return full.cos(), full.sin()
+
+
+def cls_slots(image_ids: Tensor, num_images: int) -> Tensor:
+    """[R, K] the image id of each CLS slot: one per image of each row, PAD for the rest; K is the
+    most images any row holds. An image's slot goes to the row holding its tokens (packing never
+    splits an image), so it attends to its own image only, through the same id-derived mask."""
+    real = image_ids != PAD
+    rows = torch.arange(image_ids.shape[0], device=image_ids.device)[:, None].expand_as(image_ids)
+    row_of = image_ids.new_zeros(num_images).scatter_(0, image_ids[real], rows[real])
+    order = torch.argsort(row_of, stable=True)   # images grouped by row, each row's in id order
+    counts = torch.bincount(row_of, minlength=image_ids.shape[0])
+    first = torch.cumsum(counts, 0) - counts
+    slots = image_ids.new_full((image_ids.shape[0], int(counts.max())), PAD)
+    slots[row_of[order], torch.arange(num_images, device=image_ids.device) - first[row_of[order]]] = order
+    return slots
 
 
 def build_model(variant: str, num_classes: int, patch_size: int = 16, dim: int = 192, depth: int = 6,

@@ -56,9 +56,7 @@ class PackedBatch:
 
     @property
     def needs_mask(self) -> bool:
-        """False when every row is exactly one whole image: dense attention is then exact."""
-        ids = self.image_ids
-        return bool((ids != ids[:, :1]).any() or (ids == PAD).any())
+        return needs_mask(self.image_ids)
 
     def token_grids(self) -> Tensor:
         """[R, L, 2] grid (h, w) of each token's image; (1, 1) at padding."""
@@ -72,6 +70,11 @@ class PackedBatch:
     def pin_memory(self) -> "PackedBatch":
         return PackedBatch(**{f.name: v.pin_memory() if isinstance(v, Tensor) else v
                               for f in fields(self) for v in [getattr(self, f.name)]})
+
+
+def needs_mask(image_ids: Tensor) -> bool:
+    """False when every row is exactly one whole image: dense attention is then exact."""
+    return bool((image_ids != image_ids[:, :1]).any() or (image_ids == PAD).any())
 
 
 def _move(value, device, non_blocking):

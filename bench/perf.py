@@ -273,7 +273,7 @@ def run(args, command: str) -> dict:
                     "train": timer(lambda: train_step(model, optimizer, s.batches, len(images), amp)),
                     "eval": timer(lambda: eval_step(model, s.batches, amp)),
                     "pack": timer(s.make),
-                    "mask": timer(lambda: [model.build_mask(b) for b, _ in s.batches]),
+                    "mask": timer(lambda: [model.build_mask(b.image_ids) for b, _ in s.batches]),
                 }
                 if round_ >= args.warmup:
                     for key, value in sample.items():
