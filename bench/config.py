@@ -27,7 +27,7 @@ from .data.config import DATA_VERSION
 from .data.resolution import aspect_size, check_resolution
 from .errors import BenchError, ConfigError
 from .model import POOLS, build_model
-from .posembed import build_posembed, list_variants, variant_options
+from .posembed import build_posembed, list_variants, variant_class, variant_options
 
 # Keys that never change a cell's numbers: editing them must keep reusing finished cells.
 # The variant list and seeds choose *which* cells exist; each cell checks its own variant.
@@ -258,6 +258,9 @@ def resolve(experiment: Experiment) -> Experiment:
     except ConfigError as error:
         raise error.under("eval") from None
     for i, spec in enumerate(experiment.variants):
+        if spec.resolution is None and variant_class(spec.name).fixed_square_training:
+            # A vanilla ViT trains at one square resolution: the experiment's reference side.
+            spec.resolution = ResolutionConfig(mode="fixed", side=reference_side(experiment, spec, sizes))
         try:  # keys come back relative to the section holding "resolution"
             check_resolution(experiment.resolution_of(spec), patch, experiment.train.max_seq_len)
         except ConfigError as error:
@@ -305,8 +308,9 @@ def resolve_variant(experiment: Experiment, spec: VariantSpec, sizes, where: str
 
     ``max_grid`` (absolute tables) defaults to cover every grid the variant will meet, so unseen
     coordinates exist and stay at their initial values rather than crash: that failure mode is
-    what the benchmark measures. ``base_grid`` (ViT's interpolated table) defaults to the
-    training resolution's grid, the table a vanilla ViT would have been trained with.
+    what the benchmark measures. ``base_grid`` (resized tables) defaults to the square grid of
+    the largest training side: a vanilla ViT's own training grid, and for a table resized to every
+    grid the largest square grid it trains on.
     """
     patch = experiment.model.patch_size
     allowed = variant_options(spec.name)
@@ -314,7 +318,7 @@ def resolve_variant(experiment: Experiment, spec: VariantSpec, sizes, where: str
         largest_eval = max(max(h, w) for h, w in sizes) // patch
         spec.options["max_grid"] = max(largest_eval, train_grid_limit(experiment, experiment.resolution_of(spec)))
     if "base_grid" in allowed and "base_grid" not in spec.options:
-        spec.options["base_grid"] = reference_side(experiment, spec, sizes) // patch
+        spec.options["base_grid"] = train_range(experiment.resolution_of(spec), patch)[1] // patch
     reference_side(experiment, spec, sizes)  # validates the grid for every variant
     # Every option spelled out, so a stored cell records exactly what it was built with.
     spec.options = {**allowed, **spec.options}

@@ -6,7 +6,8 @@ embedding contributes either an additive vector per token (``additive``) or rota
 the queries and keys of every layer (``rotary``); NoPE contributes neither.
 
 Adding a variant: write one small class, decorate it with ``@register("name")``, and add one
-line to docs/embeddings.md.
+line to docs/embeddings.md. Its ``kind`` (additive, rotary or none) follows from the method it
+overrides; ``coordinates`` says what its embedding is a function of (the tests check it).
 """
 from __future__ import annotations
 
@@ -37,11 +38,12 @@ def list_variants() -> list[str]:
 
 def variant_options(name: str) -> dict[str, object]:
     """The keyword options a variant accepts, with their defaults."""
-    params = inspect.signature(_lookup(name).__init__).parameters
+    params = inspect.signature(variant_class(name).__init__).parameters
     return {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
 
 
-def _lookup(name: str) -> type["PositionalEmbedding"]:
+def variant_class(name: str) -> type["PositionalEmbedding"]:
+    """The registered class: its attributes (kind, coordinates, fixed_square_training) describe it."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
@@ -53,12 +55,26 @@ def build_posembed(name: str, dim: int, heads: int, depth: int, **options) -> "P
     if unknown:
         valid = ", ".join(allowed) or "none"
         raise ValueError(f"variant {name!r} got unknown option(s) {', '.join(unknown)}; valid options: {valid}")
-    return _lookup(name)(dim, heads, depth, **options)
+    return variant_class(name)(dim, heads, depth, **options)
 
 
 class PositionalEmbedding(nn.Module):
     """Base class; on its own it is NoPE."""
     variant = "base"
+    kind = "none"   # "additive", "rotary" or "none": set from the method a subclass overrides
+    # What the embedding is a function of: "absolute", each token's (row, col) alone; "fractional",
+    # its patch centre relative to the grid, ((row + 0.5) / h, (col + 0.5) / w), alone; "grid",
+    # (row, col) and (h, w) together (a table resized to each grid).
+    coordinates = "absolute"
+    # True: a vanilla ViT, trained at one fixed square resolution. An experiment gives it one (its
+    # reference square side) unless the variant's entry sets its own resolution.
+    fixed_square_training = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for kind in ("additive", "rotary"):
+            if getattr(cls, kind) is not getattr(PositionalEmbedding, kind):
+                cls.kind = kind
 
     def __init__(self, dim: int, heads: int, depth: int):
         super().__init__()
@@ -93,32 +109,75 @@ class NoPE(PositionalEmbedding):
     """No positional information: the floor every other variant must beat."""
 
 
-@register("vit_1d_interp")
-class ViT1DInterp(PositionalEmbedding):
-    """Vanilla ViT: a learned table for a base grid, resized (bicubic, antialiased) to other grids."""
+def _resized_rows(table: Tensor, coords: Tensor, grids: Tensor, mode: str, antialias: bool,
+                  align_corners: bool) -> Tensor:
+    """Each token's row of ``table`` ([h0, w0, dim]) resized to its image's grid.
 
-    def __init__(self, dim, heads, depth, *, base_grid: int | tuple[int, int] = 8):
+    The table is resized once per distinct grid in the batch (many images share a size), never per
+    image, and each grid's resize depends on the table alone, never on the batch-mates.
+    """
+    unique, inverse = torch.unique(grids, dim=0, return_inverse=True)
+    image = table.permute(2, 0, 1)[None]
+    tables, offsets, start = [], [], 0
+    for h, w in unique.tolist():
+        # The same size is an exact copy, so the base grid reads the table itself.
+        resized = F.interpolate(image, size=(h, w), mode=mode, antialias=antialias, align_corners=align_corners)
+        tables.append(resized[0].permute(1, 2, 0).reshape(h * w, -1))
+        offsets.append(start)
+        start += h * w
+    offsets = torch.tensor(offsets, device=coords.device)[inverse]
+    return torch.cat(tables)[offsets + coords[:, 0] * grids[:, 1] + coords[:, 1]]
+
+
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+class _ResizedTable(PositionalEmbedding):
+    """A learned joint table for a base grid, resized to each image's grid (``_resized_rows``).
+
+    ``align_corners`` maps the corner patch centres onto each other, so distinct positions stay
+    distinct on every grid; the half-pixel resize (False) repeats the outer rows and columns when
+    it enlarges a table 3x or more. ``antialias`` only acts when a table shrinks, and needs the
+    half-pixel resize (torch's antialiased kernels ignore align_corners).
+    """
+    coordinates = "grid"
+
+    def __init__(self, dim, heads, depth, base_grid, interpolation: str, antialias: bool, align_corners: bool):
         super().__init__(dim, heads, depth)
-        self.base_grid = _pair(base_grid)
-        self.table = _normal_table(self.base_grid[0] * self.base_grid[1], dim)
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"variant {self.variant!r}: interpolation must be bilinear or bicubic, "
+                             f"got {interpolation!r}")
+        if antialias and align_corners:
+            raise ValueError(f"variant {self.variant!r}: antialias needs align_corners false "
+                             "(torch's antialiased resize ignores align_corners)")
+        self.base_grid, self.interpolation = _pair(base_grid), interpolation
+        self.antialias, self.align_corners = antialias, align_corners
+        self.table = _normal_table(*self.base_grid, dim)
 
     def additive(self, coords, grids):
-        # Resize once per distinct grid, not once per image (many images share a size).
-        unique, inverse = torch.unique(grids, dim=0, return_inverse=True)
-        base = self.table.view(1, *self.base_grid, self.dim).permute(0, 3, 1, 2)
-        tables, offsets, start = [], [], 0
-        for h, w in unique.tolist():
-            if (h, w) == self.base_grid:
-                resized = self.table
-            else:
-                resized = F.interpolate(base, size=(h, w), mode="bicubic", antialias=True,
-                                        align_corners=False)[0].permute(1, 2, 0).reshape(h * w, self.dim)
-            tables.append(resized)
-            offsets.append(start)
-            start += h * w
-        offsets = torch.tensor(offsets, device=coords.device)[inverse]
-        index = offsets + coords[:, 0] * grids[:, 1] + coords[:, 1]
-        return torch.cat(tables)[index]
+        return _resized_rows(self.table, coords, grids, self.interpolation, self.antialias, self.align_corners)
+
+
+@register("vit_1d_interp")
+class ViT1DInterp(_ResizedTable):
+    """Vanilla ViT: trained at one fixed square resolution, its learned table of (R/P)^2 rows (kept as
+    the grid they cover) is linearly interpolated to other grids, i.e. at evaluation, as the seed says."""
+    fixed_square_training = True
+
+    def __init__(self, dim, heads, depth, *, base_grid: int | tuple[int, int] = 8, interpolation: str = "bilinear",
+                 antialias: bool = False, align_corners: bool = True):
+        # The seed ViT's own resize (vit_jax): scipy.ndimage.zoom(order=1), linear with aligned corners.
+        super().__init__(dim, heads, depth, base_grid, interpolation, antialias, align_corners)
+
+
+@register("learned_2d_resized")
+class Learned2DResized(_ResizedTable):
+    """The same table resized to every image's grid in training and evaluation: SigLIP 2 NaFlex and
+    big_vision NaFlex (bilinear, antialiased, half-pixel: the defaults), timm NaFlexViT (bicubic)."""
+
+    def __init__(self, dim, heads, depth, *, base_grid: int | tuple[int, int] = 8, interpolation: str = "bilinear",
+                 antialias: bool = True, align_corners: bool = False):
+        super().__init__(dim, heads, depth, base_grid, interpolation, antialias, align_corners)
 
 
 @register("pix2struct_2d")
@@ -163,14 +222,19 @@ class _AxisLearnedInterp(nn.Module):
 
 
 class _AxisSinCos(nn.Module):
-    """Fixed sin/cos features with geometrically spaced frequencies."""
+    """Fixed sin/cos features of one axis (0: rows, 1: columns).
 
-    def __init__(self, out_dim: int, lowest: float, highest: float):
+    Both axes draw from one geometric ladder of distinct wavelengths, interleaved (rows take the
+    even rungs, columns the odd ones): no frequency serves both axes, so sum and product tell
+    (r, c) from (c, r) as stack does.
+    """
+
+    def __init__(self, out_dim: int, axis: int, longest: float, shortest: float):
         super().__init__()
         if out_dim % 2:
             raise ValueError(f"sinusoidal embeddings need an even width per axis, got {out_dim}")
-        freqs = torch.exp(torch.linspace(math.log(lowest), math.log(highest), out_dim // 2))
-        self.register_buffer("freqs", freqs, persistent=False)
+        wavelengths = torch.exp(torch.linspace(math.log(longest), math.log(shortest), out_dim))
+        self.register_buffer("freqs", 2 * math.pi / wavelengths[axis::2], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         angles = x.float().unsqueeze(-1) * self.freqs
@@ -187,7 +251,7 @@ class _AxisFourier(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(self.num_features, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        proj = x.float().unsqueeze(-1) @ self.w_r.T
+        proj = x.to(self.w_r.dtype).unsqueeze(-1) @ self.w_r.T
         features = torch.cat([proj.cos(), proj.sin()], -1) / math.sqrt(self.num_features)
         return self.mlp(features)
 
@@ -196,11 +260,11 @@ class Factorized(PositionalEmbedding):
     """phi_y(row) and phi_x(col), one encoder per axis; subclasses choose coordinate and encoder.
 
     Absolute coordinates are the patch index p; fractional ones the patch centre (p + 0.5) / side,
-    so they do not depend on the image size (and hide its aspect ratio).
+    so they do not depend on the image size (and hide its aspect ratio). ``make_axis(width, axis)``
+    builds the encoder of one axis (0: rows, 1: columns).
     """
-    fractional: bool
 
-    def __init__(self, dim, heads, depth, combine: str, make_axis: Callable[[int], nn.Module]):
+    def __init__(self, dim, heads, depth, combine: str, make_axis: Callable[[int, int], nn.Module]):
         super().__init__(dim, heads, depth)
         if combine not in ("sum", "stack", "product"):
             raise ValueError(f"variant {self.variant!r}: combine must be sum, stack or product, got {combine!r}")
@@ -208,10 +272,14 @@ class Factorized(PositionalEmbedding):
             raise ValueError(f"variant {self.variant!r}: combine='stack' needs an even dim, got {dim}")
         self.combine = combine
         axis_dim = dim // 2 if combine == "stack" else dim
-        self.phi_y, self.phi_x = make_axis(axis_dim), make_axis(axis_dim)
+        self.phi_y, self.phi_x = make_axis(axis_dim, 0), make_axis(axis_dim, 1)
+
+    def position(self, coords: Tensor, grids: Tensor) -> Tensor:
+        """The coordinate each axis encoder reads: [T, 2]."""
+        return (coords.float() + 0.5) / grids.float() if self.coordinates == "fractional" else coords
 
     def additive(self, coords, grids):
-        pos = (coords.float() + 0.5) / grids.float() if self.fractional else coords
+        pos = self.position(coords, grids)
         y, x = self.phi_y(pos[:, 0]), self.phi_x(pos[:, 1])
         if self.combine == "sum":
             return y + x
@@ -222,10 +290,8 @@ class Factorized(PositionalEmbedding):
 
 @register("factorized_abs_learned")
 class FactorizedAbsLearned(Factorized):
-    fractional = False
-
     def __init__(self, dim, heads, depth, *, combine: str = "sum", max_grid: int = 32):
-        super().__init__(dim, heads, depth, combine, lambda d: _AxisLearned(d, max_grid))
+        super().__init__(dim, heads, depth, combine, lambda d, _: _AxisLearned(d, max_grid))
         self.max_grid = max_grid
 
     def additive(self, coords, grids):
@@ -235,46 +301,72 @@ class FactorizedAbsLearned(Factorized):
 
 @register("factorized_frac_learned")
 class FactorizedFracLearned(Factorized):
-    fractional = True
+    coordinates = "fractional"
 
     def __init__(self, dim, heads, depth, *, combine: str = "sum", table_size: int = 32):
-        super().__init__(dim, heads, depth, combine, lambda d: _AxisLearnedInterp(d, table_size))
+        super().__init__(dim, heads, depth, combine, lambda d, _: _AxisLearnedInterp(d, table_size))
+
+
+# Sin/cos wavelengths, longest first, for the grids we use (training 4-6 patches a side, evaluation
+# up to 24): from 96 patches (4x the largest side, so the slowest channel is monotone over every
+# grid) down to 2.5 patches (just above the 2-patch Nyquist limit).
+ABS_WAVELENGTHS = (96.0, 2.5)
+# Fractional r lies in (0, 1): the same ladder in units of a 24-patch side.
+FRAC_WAVELENGTHS = (96.0 / 24, 2.5 / 24)
+# sum's per-channel RMS is about ``scale`` (stack 0.7x, product 0.5x): 0.04 sits between the learned
+# tables' init (std 0.02) and the patch content at init (token-to-token std about 0.065).
+SINCOS_SCALE = 0.04
+
+
+class _FactorizedSinCos(Factorized):
+    """Fixed sin/cos features per axis (``_AxisSinCos``), combined, then times ``scale``."""
+    wavelengths: tuple[float, float]
+
+    def __init__(self, dim, heads, depth, combine: str, scale: float):
+        longest, shortest = self.wavelengths
+        super().__init__(dim, heads, depth, combine, lambda d, axis: _AxisSinCos(d, axis, longest, shortest))
+        self.scale = scale
+
+    def additive(self, coords, grids):
+        return self.scale * super().additive(coords, grids)
 
 
 @register("factorized_abs_sincos")
-class FactorizedAbsSinCos(Factorized):
-    fractional = False
+class FactorizedAbsSinCos(_FactorizedSinCos):
+    wavelengths = ABS_WAVELENGTHS
 
-    def __init__(self, dim, heads, depth, *, combine: str = "sum"):
-        # The classic transformer range: wavelengths from 2*pi to 2*pi*10^4 patches.
-        super().__init__(dim, heads, depth, combine, lambda d: _AxisSinCos(d, 1e-4, 1.0))
+    def __init__(self, dim, heads, depth, *, combine: str = "sum", scale: float = SINCOS_SCALE):
+        super().__init__(dim, heads, depth, combine, scale)
+
+    def position(self, coords, grids):
+        # The patch centre p + 0.5: at p = 0 every sin would vanish, and product would lose whole
+        # rows and columns of channels with it.
+        return coords.float() + 0.5
 
 
 @register("factorized_frac_sincos")
-class FactorizedFracSinCos(Factorized):
-    fractional = True
+class FactorizedFracSinCos(_FactorizedSinCos):
+    coordinates = "fractional"
+    wavelengths = FRAC_WAVELENGTHS
 
-    def __init__(self, dim, heads, depth, *, combine: str = "sum"):
-        # r lies in [0, 1]: wavelengths from twice the image down to 1/16 of it (2 patches at 32).
-        super().__init__(dim, heads, depth, combine, lambda d: _AxisSinCos(d, math.pi, 32 * math.pi))
+    def __init__(self, dim, heads, depth, *, combine: str = "sum", scale: float = SINCOS_SCALE):
+        super().__init__(dim, heads, depth, combine, scale)
 
 
 @register("factorized_abs_fourier")
 class FactorizedAbsFourier(Factorized):
-    fractional = False
-
     def __init__(self, dim, heads, depth, *, combine: str = "sum", gamma: float = 1.0):
         # gamma 1: about one radian per patch.
-        super().__init__(dim, heads, depth, combine, lambda d: _AxisFourier(d, gamma))
+        super().__init__(dim, heads, depth, combine, lambda d, _: _AxisFourier(d, gamma))
 
 
 @register("factorized_frac_fourier")
 class FactorizedFracFourier(Factorized):
-    fractional = True
+    coordinates = "fractional"
 
     def __init__(self, dim, heads, depth, *, combine: str = "sum", gamma: float = 10.0):
         # r = (p + 0.5) / side: gamma 10 gives about one radian per patch on a 10-patch side.
-        super().__init__(dim, heads, depth, combine, lambda d: _AxisFourier(d, gamma))
+        super().__init__(dim, heads, depth, combine, lambda d, _: _AxisFourier(d, gamma))
 
 
 # ---- 2D rotary (Heo et al. 2024, RoPE-ViT) ----------------------------------------------------

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bench
+from bench.posembed import variant_class
 from bench.data.config import DATA_VERSION
 from bench.config import (Experiment, config_hash, differing_keys, hashed_config, load_experiment,
                           reference_side, to_dict)
@@ -17,7 +18,7 @@ BASE = """
 name: t
 data: {name: synthetic, train_size: 64, test_size: 16}
 model: {patch_size: 8, dim: 32, depth: 1, heads: 2}
-variants: [nope, pix2struct_2d, factorized_abs_learned, vit_1d_interp]
+variants: [nope, pix2struct_2d, factorized_abs_learned, vit_1d_interp, learned_2d_resized]
 seeds: [0]
 train: {steps: 4, tokens_per_batch: 128, max_seq_len: 64, resolution: {mode: navit, min_side: 16, max_side: 32}}
 eval: {grid: {sides: [8, 16, 24, 32, 64], aspects: [0.5, 1.0, 2.0]}}
@@ -122,8 +123,10 @@ def test_absolute_tables_cover_the_whole_eval_grid_by_default(tmp_path):
     largest = max(max(h, w) for h, w in experiment.eval_sizes()) // 8
     assert experiment.variant("pix2struct_2d").options["max_grid"] >= largest
     assert experiment.variant("factorized_abs_learned").options["max_grid"] >= largest
-    # The ViT table is the training grid: the square eval side nearest the middle of [16, 32].
+    # The ViT table is its training grid: the square eval side nearest the middle of [16, 32].
     assert experiment.variant("vit_1d_interp").options["base_grid"] == 24 // 8
+    # A table resized to every grid covers the largest training side's square grid.
+    assert experiment.variant("learned_2d_resized").options["base_grid"] == 32 // 8
     h, w = max(experiment.eval_sizes(), key=lambda s: s[0] * s[1])
     for label in ("pix2struct_2d", "factorized_abs_learned"):
         torch.manual_seed(0)
@@ -142,12 +145,26 @@ def test_reference_side_follows_fixed_resolution_and_explicit_setting(tmp_path):
     assert missing.startswith("eval.reference_side: 40 is not a square size of the eval grid")
 
 
+def test_the_vanilla_vit_trains_at_the_reference_side_unless_its_entry_says_otherwise(tmp_path):
+    experiment = load(tmp_path)
+    vit = experiment.variant("vit_1d_interp")
+    assert (experiment.resolution_of(vit).mode, experiment.resolution_of(vit).side) == ("fixed", 24)
+    assert reference_side(experiment, vit, experiment.eval_sizes()) == 24
+    others = [v for v in experiment.variants if v.name != "vit_1d_interp"]
+    assert all(v.resolution is None and experiment.resolution_of(v).mode == "navit" for v in others)
+    explicit = load(tmp_path, **{"eval: {": "eval: {reference_side: 16, "})
+    vit = explicit.variant("vit_1d_interp")
+    assert explicit.resolution_of(vit).side == 16 and vit.options["base_grid"] == 2
+    own = load(tmp_path, **{"vit_1d_interp,": "{name: vit_1d_interp, resolution: {mode: navit, min_side: 16, max_side: 24}},"})
+    assert own.resolution_of(own.variant("vit_1d_interp")).mode == "navit"
+
+
 def test_per_variant_resolution_overrides_the_training_policy(tmp_path):
-    experiment = load(tmp_path, **{"vit_1d_interp]": "{name: vit_1d_interp, resolution: {mode: fixed, side: 32}}]"})
+    experiment = load(tmp_path, **{"vit_1d_interp,": "{name: vit_1d_interp, resolution: {mode: fixed, side: 32}},"})
     vit = experiment.variant("vit_1d_interp")
     assert experiment.resolution_of(vit).mode == "fixed" and vit.options["base_grid"] == 4
     assert experiment.resolution_of(experiment.variants[0]).mode == "navit"
-    off_grid = error_of(tmp_path, **{"vit_1d_interp]": "{name: vit_1d_interp, resolution: {mode: fixed, side: 40}}]"})
+    off_grid = error_of(tmp_path, **{"vit_1d_interp,": "{name: vit_1d_interp, resolution: {mode: fixed, side: 40}},"})
     assert off_grid.startswith("eval.grid: has no 40x40 size")
 
 
@@ -176,7 +193,7 @@ def test_shipped_experiments_load_and_cover_the_issue():
     assert {v.name for v in quick.variants} == all_variants and len(quick.seeds) == 1
 
     default = load_experiment(EXPERIMENTS / "default.yaml")
-    assert {v.name for v in default.variants} == all_variants and len(default.variants) == 13
+    assert {v.name for v in default.variants} == all_variants
     assert len(default.seeds) == 3
     combines = {v.options.get("combine") for v in default.variants if v.name == "factorized_abs_learned"}
     assert combines == {"sum", "stack", "product"}
@@ -195,6 +212,12 @@ def test_shipped_experiments_load_and_cover_the_issue():
 
     folder = load_experiment(EXPERIMENTS / "imagefolder.yaml")
     assert folder.data.name == "imagefolder"
+
+    # Every shipped vanilla ViT trains at one fixed square side; every other variant never does.
+    for experiment in (quick, default, fig10, folder):
+        for spec in experiment.variants:
+            fixed = variant_class(spec.name).fixed_square_training
+            assert (experiment.resolution_of(spec).mode == "fixed") == fixed, (experiment.name, spec.label)
 
 
 def test_config_error_keys_are_prefixed_once():

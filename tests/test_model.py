@@ -1,15 +1,19 @@
-"""Invariance tests of the packed model, for every registered variant and both pools."""
+"""Invariance tests of the packed model, for every registered variant and every pooling."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 import bench
-from bench.model import attention_mask
-from bench.packing import PAD, PackedBatch, pack
+from bench.model import POOLS, attention_mask
+from bench.packing import PAD, PackedBatch, pack, pad_to_buckets
+from bench.posembed import variant_class, variant_options
 
 PATCH = 8
 ALL_VARIANTS = bench.list_variants()
-FACTORIZED = [v for v in ALL_VARIANTS if v.startswith("factorized_")]
+COMBINED = [v for v in ALL_VARIANTS if "combine" in variant_options(v)]
+ROTARY = [v for v in ALL_VARIANTS if variant_class(v).kind == "rotary"]
+# Every variant with its default options, plus every other combine mode of the factorized ones.
+CONFIGS = [(v, {}) for v in ALL_VARIANTS] + [(v, {"combine": c}) for v in COMBINED for c in ("stack", "product")]
 ODD_GRIDS = [(1, 1), (1, 7), (3, 17), (16, 5)]
 
 
@@ -32,18 +36,35 @@ def alone(model, images):
         return torch.cat([model([img]) for img in images])
 
 
-@pytest.fixture(params=[(v, pool) for v in ALL_VARIANTS for pool in ("mean", "map")],
-                ids=lambda p: f"{p[0]}-{p[1]}")
+def config_id(config):
+    variant, options = config
+    return "+".join([variant, *map(str, options.values())])
+
+
+def only(batch, i):
+    """Image ``i``'s tokens of a packed batch, alone in one row, as they were packed."""
+    mine = batch.image_ids == i
+    return PackedBatch(batch.patches[mine][None], torch.zeros(1, int(mine.sum()), dtype=torch.long),
+                       batch.coords[mine][None], batch.grids[i:i + 1], batch.num_dropped)
+
+
+def transposed(image):
+    """The patch-transposed twin: patch (r, c) of an h x w grid moves to (c, r) of a w x h grid."""
+    c, height, width = image.shape
+    h, w = height // PATCH, width // PATCH
+    return image.view(c, h, PATCH, w, PATCH).permute(0, 3, 2, 1, 4).reshape(c, w * PATCH, h * PATCH)
+
+
+@pytest.fixture(params=[(v, pool) for v in ALL_VARIANTS for pool in POOLS], ids=lambda p: f"{p[0]}-{p[1]}")
 def model(request):
     variant, pool = request.param
     return make_model(variant, pool)
 
 
-def test_registry_has_the_eleven_variants():
-    assert sorted(ALL_VARIANTS) == sorted([
-        "vit_1d_interp", "pix2struct_2d", "factorized_abs_learned", "factorized_frac_learned",
-        "factorized_abs_sincos", "factorized_frac_sincos", "factorized_abs_fourier",
-        "factorized_frac_fourier", "nope", "rope_axial", "rope_mixed"])
+def test_pools_include_cls_and_unknown_pools_are_named():
+    assert set(POOLS) == {"mean", "map", "cls"}
+    with pytest.raises(ValueError, match="pool must be one of mean, map, cls, got 'max'"):
+        make_model("nope", "max")
 
 
 def test_packed_equals_alone_and_ignores_batch_mates_budget_and_order(model):
@@ -86,8 +107,73 @@ def test_padding_content_never_leaks(model):
     torch.testing.assert_close(out, model(batch), atol=1e-5, rtol=0)
 
 
+def test_token_dropping_in_training_keeps_each_image_independent_of_batch_mates(model):
+    model.train()
+    dropped = pack(MIXED, PATCH, 64, drop_rates=torch.full((len(MIXED),), 0.5),
+                   generator=torch.Generator().manual_seed(0))
+    assert dropped.num_dropped > 0 and dropped.needs_mask
+    with torch.no_grad():
+        packed = model(dropped)
+        kept_alone = torch.cat([model(only(dropped, i)) for i in range(len(MIXED))])
+    torch.testing.assert_close(packed, kept_alone, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("grid", [(5, 5), (2, 2), (3, 7)])
+def test_patch_transposed_twin_differs_unless_the_variant_carries_no_position(config, pool, grid):
+    variant, options = config
+    model = make_model(variant, pool, **options).double()   # float64: a real gap is far above rounding
+    image = images_for([grid])[0].double()
+    with torch.no_grad():
+        gap = (model([image]) - model([transposed(image)])).abs().max()
+    if variant_class(variant).kind == "none":   # a bag of patches: the twin is the same bag
+        assert gap < 1e-12
+    else:
+        assert gap > 1e-9, f"{variant} {options}: an image and its transposed twin give the same logits"
+
+
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
-@pytest.mark.parametrize("pool", ["mean", "map"])
+def test_cls_token_gets_no_additive_embedding_and_no_rotation(variant):
+    model = make_model(variant, "cls")
+    batch = pack(MIXED, PATCH, 64)
+    length, real = batch.row_len, batch.valid
+    with torch.no_grad():
+        x, ids, rope = model.embed(batch)
+        patches = model.embed_patches(batch.patches)
+    slots = ids[:, length:]
+    assert sorted(slots[slots != PAD].tolist()) == list(range(len(MIXED)))   # one CLS token per image
+    for row in range(batch.num_rows):   # each in its image's row
+        assert set(slots[row][slots[row] != PAD].tolist()) == set(batch.image_ids[row][real[row]].tolist())
+    assert torch.equal(x[:, length:][slots != PAD], model.cls_token.expand(len(MIXED), -1))
+    assert torch.all(x[:, length:][slots == PAD] == 0)
+    kind = variant_class(variant).kind
+    assert torch.equal(x[:, :length][real], patches[real]) == (kind != "additive")
+    assert (rope is not None) == (kind == "rotary")
+    if rope is not None:
+        cos, sin = (r.transpose(2, 3) for r in rope)   # [layers, R, L', heads, half]
+        assert torch.all(cos[:, :, length:] == 1) and torch.all(sin[:, :, length:] == 0)
+        assert not torch.all(sin[:, :, :length][:, real] == 0)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("pool", POOLS)
+def test_flex_attention_matches_sdpa_for_every_pool(pool):
+    flex, sdpa = make_model("rope_mixed", pool, attention="flex"), make_model("rope_mixed", pool)
+    with torch.no_grad():
+        torch.testing.assert_close(flex(MIXED, max_seq_len=64), sdpa(MIXED, max_seq_len=64), atol=1e-5, rtol=0)
+
+
+def test_cls_with_bucketed_batches_and_a_compiled_encoder():
+    model, reference = make_model("rope_axial", "cls"), make_model("rope_axial", "cls")
+    model.compile_encoder(backend="eager")
+    batch = pack(MIXED, PATCH, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(pad_to_buckets(batch)), reference(batch), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ALL_VARIANTS)
+@pytest.mark.parametrize("pool", POOLS)
 def test_odd_grids_forward_backward_and_every_parameter_learns(variant, pool):
     model = make_model(variant, pool).train()
     logits = model(images_for(ODD_GRIDS), max_seq_len=32)
@@ -97,7 +183,7 @@ def test_odd_grids_forward_backward_and_every_parameter_learns(variant, pool):
         assert param.grad is not None and param.grad.abs().sum() > 0, f"{variant}: {name} got no gradient"
 
 
-@pytest.mark.parametrize("variant", FACTORIZED)
+@pytest.mark.parametrize("variant", COMBINED)
 @pytest.mark.parametrize("combine", ["sum", "stack", "product"])
 def test_every_combine_mode_is_packing_invariant(variant, combine):
     model = make_model(variant, combine=combine)
@@ -122,8 +208,9 @@ def test_nope_is_invariant_to_any_permutation_of_an_images_tokens():
         assert not torch.allclose(positional(scrambled), positional(batch), atol=1e-4)
 
 
-@pytest.mark.parametrize("variant", ["rope_axial", "rope_mixed"])
+@pytest.mark.parametrize("variant", ROTARY)
 def test_rope_depends_only_on_relative_position(variant):
+    # Mean pooling: an unrotated CLS token would see absolute angles.
     batch = pack(MIXED, PATCH, 64)
     shifted = PackedBatch(batch.patches, batch.image_ids, batch.coords + torch.tensor([3, 11]), batch.grids)
     model = make_model(variant)
@@ -131,8 +218,9 @@ def test_rope_depends_only_on_relative_position(variant):
         torch.testing.assert_close(model(shifted), model(batch), atol=1e-4, rtol=0)
 
 
-def test_patch_embedding_is_the_conv2d():
+def test_patch_embedding_is_the_conv2d_without_bias():
     model = make_model("nope")
+    assert model.patch_embed.bias is None
     image = images_for([(3, 5)])[0]
     conv = model.patch_embed(image[None]).flatten(2)[0].T  # [tokens, dim], row-major over the grid
     batch = pack([image], PATCH)

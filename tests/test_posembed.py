@@ -3,12 +3,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.posembed import build_posembed, list_variants
+from bench.posembed import _FactorizedSinCos, build_posembed, list_variants, variant_class, variant_options
 
 DIM, HEADS, DEPTH = 32, 2, 2
-FRACTIONAL = [v for v in list_variants() if "_frac_" in v]
-ABSOLUTE = ["pix2struct_2d", "factorized_abs_learned", "factorized_abs_sincos", "factorized_abs_fourier",
-            "rope_axial", "rope_mixed"]
+VARIANTS = list_variants()
+POSITIONAL = [v for v in VARIANTS if variant_class(v).kind != "none"]
+FRACTIONAL = [v for v in VARIANTS if variant_class(v).coordinates == "fractional"]
+ABSOLUTE = [v for v in POSITIONAL if variant_class(v).coordinates == "absolute"]
+RESIZED = [v for v in VARIANTS if variant_class(v).coordinates == "grid"]
+SINCOS = [v for v in VARIANTS if issubclass(variant_class(v), _FactorizedSinCos)]
+COMBINES = ["sum", "stack", "product"]
+# Every positional variant under each of its combine modes (one entry if it has none).
+CONFIGS = [(v, {"combine": c} if "combine" in variant_options(v) else {})
+           for v in POSITIONAL for c in (COMBINES if "combine" in variant_options(v) else [None])]
+FRACTIONAL_CONFIGS = [(v, options) for v, options in CONFIGS if v in FRACTIONAL]
 
 
 def embed(pos, coords, grids):
@@ -22,10 +30,40 @@ def make(variant, **options):
     return build_posembed(variant, DIM, HEADS, DEPTH, **options)
 
 
-@pytest.mark.parametrize("variant", FRACTIONAL)
-@pytest.mark.parametrize("combine", ["sum", "stack", "product"])
-def test_fractional_equal_at_equal_relative_position(variant, combine):
-    pos = make(variant, combine=combine)
+def every_position(h, w):
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([rows, cols], -1).view(-1, 2), torch.tensor([[h, w]]).expand(h * w, 2)
+
+
+def config_id(config):
+    variant, options = config
+    return "+".join([variant, *options.values()])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=config_id)
+def test_distinct_positions_of_a_grid_get_distinct_embeddings(config):
+    """Additive: distinct vectors; rotary: distinct rotations (cos and sin of every angle)."""
+    variant, options = config
+    if variant_class(variant).coordinates == "grid":   # within 2x of the base grid for a half-pixel resize
+        options = {**options, "base_grid": 12}
+    pos = make(variant, **options)
+    for h, w in [(2, 2), (3, 3), (5, 5), (4, 6), (6, 4), (1, 9), (7, 3), (24, 24)]:
+        coords, grids = every_position(h, w)
+        with torch.no_grad():
+            out = pos.additive(coords, grids)
+            if out is None:
+                angles = pos.rotary(coords, grids).transpose(0, 1).flatten(1)
+                out = torch.cat([angles.cos(), angles.sin()], 1)
+        gaps = torch.cdist(out.double(), out.double()) + torch.eye(h * w, dtype=torch.float64).mul(1e9)
+        closest = gaps.min().item()
+        assert closest > 1e-3 * out.norm(dim=1).mean().item(), (
+            f"{variant} {options}: two positions of a {h}x{w} grid are {closest:.2e} apart")
+
+
+@pytest.mark.parametrize("config", FRACTIONAL_CONFIGS, ids=config_id)
+def test_fractional_equal_at_equal_relative_position(config):
+    variant, options = config
+    pos = make(variant, **options)
     # (p + 0.5) / side: p of 2 matches 3p + 1 of 6, p of 10 matches 3p + 1 of 30.
     small = embed(pos, [[0, 1], [1, 0], [0, 3]], [[2, 2], [2, 10], [2, 10]])
     large = embed(pos, [[1, 4], [4, 1], [1, 10]], [[6, 6], [6, 30], [6, 30]])
@@ -43,22 +81,67 @@ def test_absolute_equal_at_equal_index(variant):
     assert not torch.allclose(a[0], a[1])
 
 
-def test_vit_1d_interp_on_its_base_grid_is_the_table():
-    pos = make("vit_1d_interp", base_grid=(4, 6))
-    rows, cols = torch.meshgrid(torch.arange(4), torch.arange(6), indexing="ij")
-    coords = torch.stack([rows, cols], -1).view(-1, 2)
-    out = pos.additive(coords, torch.tensor([[4, 6]]).expand(24, 2))
-    assert torch.equal(out, pos.table)
+@pytest.mark.parametrize("variant", RESIZED)
+def test_resized_table_on_its_base_grid_is_the_table(variant):
+    pos = make(variant, base_grid=(4, 6))
+    out = pos.additive(*every_position(4, 6))
+    assert torch.equal(out, pos.table.flatten(0, 1))
 
 
-def test_vit_1d_interp_resizes_with_antialiased_bicubic_once_per_grid():
-    pos = make("vit_1d_interp")  # base 8x8
-    rows, cols = torch.meshgrid(torch.arange(3), torch.arange(5), indexing="ij")
-    coords = torch.stack([rows, cols], -1).view(-1, 2)
-    out = pos.additive(coords, torch.tensor([[3, 5]]).expand(15, 2))
-    grid = pos.table.T.reshape(1, DIM, 8, 8)
-    expected = F.interpolate(grid, size=(3, 5), mode="bicubic", antialias=True, align_corners=False)
-    torch.testing.assert_close(out, expected[0].flatten(1).T)
+@pytest.mark.parametrize("variant", RESIZED)
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("antialias,align_corners", [(True, False), (False, False), (False, True)])
+def test_resized_table_follows_its_interpolation_once_per_grid(variant, interpolation, antialias, align_corners):
+    pos = make(variant, interpolation=interpolation, antialias=antialias, align_corners=align_corners)  # base 8x8
+    grid = pos.table.permute(2, 0, 1)[None]
+    (c35, g35), (c12, g12) = every_position(3, 5), every_position(12, 10)
+    out = pos.additive(torch.cat([c35, c12, c35]), torch.cat([g35, g12, g35]))
+    for size, rows in [((3, 5), out[:15]), ((12, 10), out[15:135]), ((3, 5), out[135:])]:
+        expected = F.interpolate(grid, size=size, mode=interpolation, antialias=antialias,
+                                 align_corners=align_corners)
+        torch.testing.assert_close(rows, expected[0].flatten(1).T)
+
+
+@pytest.mark.parametrize("variant", RESIZED)
+def test_resized_table_rejects_an_unknown_interpolation_and_antialiased_aligned_corners(variant):
+    with pytest.raises(ValueError, match=f"{variant}.*interpolation must be bilinear or bicubic, got 'nearest'"):
+        make(variant, interpolation="nearest")
+    with pytest.raises(ValueError, match=f"{variant}.*antialias needs align_corners false"):
+        make(variant, antialias=True, align_corners=True)
+
+
+@pytest.mark.parametrize("variant", RESIZED)
+def test_half_pixel_resize_repeats_the_edges_when_enlarging_3x_and_aligned_corners_do_not(variant):
+    coords, grids = every_position(8, 24)   # columns from a base of 8, rows as they are
+    cols = lambda out: out.view(8, 24, DIM).transpose(0, 1).flatten(1)
+    half_pixel = cols(make(variant, antialias=False, align_corners=False).additive(coords, grids))
+    aligned = cols(make(variant, antialias=False, align_corners=True).additive(coords, grids))
+    torch.testing.assert_close(half_pixel[[0, -1]], half_pixel[[1, -2]], atol=1e-7, rtol=0)
+    assert torch.cdist(aligned, aligned).add(torch.eye(24)).min() > 1e-3
+    torch.testing.assert_close(aligned[[0, -1]], make(variant).table[:, [0, -1]].transpose(0, 1).flatten(1))
+
+
+def test_the_vit_resizes_as_the_seed_and_the_naflex_variant_as_big_vision():
+    assert (variant_options("vit_1d_interp")["align_corners"], variant_options("vit_1d_interp")["antialias"]) \
+        == (True, False)
+    assert (variant_options("learned_2d_resized")["align_corners"], variant_options("learned_2d_resized")["antialias"]) \
+        == (False, True)
+
+
+def test_only_the_vanilla_vit_trains_at_one_fixed_square_resolution():
+    assert [v for v in VARIANTS if variant_class(v).fixed_square_training] == ["vit_1d_interp"]
+
+
+@pytest.mark.parametrize("variant", SINCOS)
+@pytest.mark.parametrize("combine", COMBINES)
+def test_sincos_axes_share_no_frequency_and_scale_sets_the_size(variant, combine):
+    pos = make(variant, combine=combine)
+    assert not set(pos.phi_y.freqs.tolist()) & set(pos.phi_x.freqs.tolist())
+    coords, grids = every_position(5, 5)   # a training grid
+    out = pos.additive(coords, grids)
+    # At init, no larger than the patch content (token-to-token std about 0.065).
+    assert 0.005 < out.std(0).mean() < 0.065 and out.pow(2).mean().sqrt() < 0.065
+    torch.testing.assert_close(make(variant, combine=combine, scale=1.0).additive(coords, grids) * pos.scale, out)
 
 
 def test_pix2struct_table_is_joint_not_factorized():
