@@ -59,6 +59,12 @@ def build_posembed(name: str, dim: int, heads: int, depth: int, **options) -> "P
 class PositionalEmbedding(nn.Module):
     """Base class; on its own it is NoPE."""
     variant = "base"
+    # For reports and --list: a display name, the family it is grouped and coloured with, one line
+    # on what it does and where it comes from. A variant without them is shown by its registry name.
+    title: str | None = None
+    family = "other"
+    summary = ""
+    paper = ""
 
     def __init__(self, dim: int, heads: int, depth: int):
         super().__init__()
@@ -91,11 +97,19 @@ def _pair(value) -> tuple[int, int]:
 @register("nope")
 class NoPE(PositionalEmbedding):
     """No positional information: the floor every other variant must beat."""
+    title = "No embedding (NoPE)"
+    family = "none"
+    summary = "No positional information: the floor every other variant must beat"
+    paper = "Kazemnejad et al. 2023 (NoPE); Dosovitskiy et al. 2021 (ViT ablation)"
 
 
 @register("vit_1d_interp")
 class ViT1DInterp(PositionalEmbedding):
     """Vanilla ViT: a learned table for a base grid, resized (bicubic, antialiased) to other grids."""
+    title = "1D learned, interpolated (ViT)"
+    family = "1D learned"
+    summary = "A learned table for one base grid, resized (bicubic, antialiased) to each image's grid"
+    paper = "Dosovitskiy et al. 2021 (ViT)"
 
     def __init__(self, dim, heads, depth, *, base_grid: int | tuple[int, int] = 8):
         super().__init__(dim, heads, depth)
@@ -124,6 +138,10 @@ class ViT1DInterp(PositionalEmbedding):
 @register("pix2struct_2d")
 class Pix2StructJoint2D(PositionalEmbedding):
     """A joint learned table indexed by (row, col), as the NaViT paper describes Pix2Struct."""
+    title = "2D joint learned (Pix2Struct)"
+    family = "2D joint learned"
+    summary = "A joint learned table indexed by (row, col), as the NaViT paper describes Pix2Struct"
+    paper = "Lee et al. 2023 (Pix2Struct), as described by Dehghani et al. 2023 (NaViT)"
 
     def __init__(self, dim, heads, depth, *, max_grid: int | tuple[int, int] = 32):
         super().__init__(dim, heads, depth)
@@ -222,6 +240,10 @@ class Factorized(PositionalEmbedding):
 
 @register("factorized_abs_learned")
 class FactorizedAbsLearned(Factorized):
+    title = "Factorized abs. learned"
+    family = "factorized absolute"
+    summary = "Learned row and column tables over the absolute patch index"
+    paper = "Dehghani et al. 2023 (NaViT)"
     fractional = False
 
     def __init__(self, dim, heads, depth, *, combine: str = "sum", max_grid: int = 32):
@@ -235,6 +257,10 @@ class FactorizedAbsLearned(Factorized):
 
 @register("factorized_frac_learned")
 class FactorizedFracLearned(Factorized):
+    title = "Factorized frac. learned"
+    family = "factorized fractional"
+    summary = "Learned row and column tables over [0, 1], interpolated at the patch centre's fraction of the side"
+    paper = "Dehghani et al. 2023 (NaViT)"
     fractional = True
 
     def __init__(self, dim, heads, depth, *, combine: str = "sum", table_size: int = 32):
@@ -243,6 +269,10 @@ class FactorizedFracLearned(Factorized):
 
 @register("factorized_abs_sincos")
 class FactorizedAbsSinCos(Factorized):
+    title = "Factorized abs. sin-cos"
+    family = "factorized absolute"
+    summary = "Fixed sin/cos features of the absolute patch index, per axis"
+    paper = "Vaswani et al. 2017; Dehghani et al. 2023 (NaViT)"
     fractional = False
 
     def __init__(self, dim, heads, depth, *, combine: str = "sum"):
@@ -252,6 +282,10 @@ class FactorizedAbsSinCos(Factorized):
 
 @register("factorized_frac_sincos")
 class FactorizedFracSinCos(Factorized):
+    title = "Factorized frac. sin-cos"
+    family = "factorized fractional"
+    summary = "Fixed sin/cos features of the patch centre's fraction of the side, per axis"
+    paper = "Vaswani et al. 2017; Dehghani et al. 2023 (NaViT)"
     fractional = True
 
     def __init__(self, dim, heads, depth, *, combine: str = "sum"):
@@ -261,6 +295,10 @@ class FactorizedFracSinCos(Factorized):
 
 @register("factorized_abs_fourier")
 class FactorizedAbsFourier(Factorized):
+    title = "Factorized abs. Fourier"
+    family = "factorized absolute"
+    summary = "Learned Fourier features (then an MLP) of the absolute patch index, per axis"
+    paper = "Li et al. 2021; Dehghani et al. 2023 (NaViT)"
     fractional = False
 
     def __init__(self, dim, heads, depth, *, combine: str = "sum", gamma: float = 1.0):
@@ -270,6 +308,10 @@ class FactorizedAbsFourier(Factorized):
 
 @register("factorized_frac_fourier")
 class FactorizedFracFourier(Factorized):
+    title = "Factorized frac. Fourier"
+    family = "factorized fractional"
+    summary = "Learned Fourier features (then an MLP) of the patch centre's fraction of the side, per axis"
+    paper = "Li et al. 2021; Dehghani et al. 2023 (NaViT)"
     fractional = True
 
     def __init__(self, dim, heads, depth, *, combine: str = "sum", gamma: float = 10.0):
@@ -294,6 +336,10 @@ class _Rotary(PositionalEmbedding):
 @register("rope_axial")
 class RoPEAxial(_Rotary):
     """Half of each head's rotation pairs turn with the column, half with the row; fixed frequencies."""
+    title = "RoPE axial"
+    family = "rotary (RoPE)"
+    summary = "Rotary: half of each head's pairs turn with the column, half with the row; fixed frequencies"
+    paper = "Heo et al. 2024 (RoPE-ViT)"
 
     def __init__(self, dim, heads, depth, *, theta: float = 100.0):
         super().__init__(dim, heads, depth)
@@ -308,6 +354,10 @@ class RoPEAxial(_Rotary):
 @register("rope_mixed")
 class RoPEMixed(_Rotary):
     """Learnable frequency pairs (f_x, f_y) per layer and head: angle = f_x * col + f_y * row."""
+    title = "RoPE mixed"
+    family = "rotary (RoPE)"
+    summary = "Rotary with learnable frequency pairs (f_x, f_y) per layer and head"
+    paper = "Heo et al. 2024 (RoPE-ViT)"
 
     def __init__(self, dim, heads, depth, *, theta: float = 10.0):
         super().__init__(dim, heads, depth)
