@@ -116,14 +116,13 @@ nav.toc ol { margin: 0.3rem 0 1.5rem; }
 
 def html_page(blocks: list[Block], title: str, base: Path) -> str:
     """A single HTML file: images are read from ``base`` and embedded as data: URIs. A table of
-    contents of the level-2 headings follows the first heading."""
+    contents of the level-2 headings comes just before the first of them."""
     anchors = _anchors(blocks)
     parts = [_html(b, base, anchors.get(i)) for i, b in enumerate(blocks)]
     if anchors:
-        first = next(i for i, b in enumerate(blocks) if isinstance(b, Heading))
         items = "\n".join(f'<li><a href="#{anchor}">{_inline(blocks[i].text)}</a></li>'
                           for i, anchor in anchors.items())
-        parts.insert(first + 1, f'<nav class="toc"><strong>Contents</strong>\n<ol>\n{items}\n</ol>\n</nav>')
+        parts.insert(min(anchors), f'<nav class="toc"><strong>Contents</strong>\n<ol>\n{items}\n</ol>\n</nav>')
     body = "\n".join(parts)
     return (f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
