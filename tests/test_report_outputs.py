@@ -155,7 +155,8 @@ def test_num_classes_prefers_the_stored_field():
     assert num_classes_of({**abs_config, "num_classes": 7}) == 7
     expected = {"abs_position": 9, "rel_position": 4, "control": 4}
     for task, n in expected.items():
-        assert num_classes_of({"config": {"data": {"name": "synthetic", "task": task}}}) == n == len(CLASS_NAMES[task])
+        cell = {"config": {"data": {"name": "synthetic", "task": task}}}
+        assert num_classes_of(cell) == n == len(CLASS_NAMES[task])
     assert num_classes_of({"config": {"data": {"name": "imagefolder", "root": "x"}}}) is None
     assert task_of({**abs_config, "task": "control"}) == "control"
     assert task_of(abs_config) == "abs_position" and task_of({}) == "unknown"
@@ -200,7 +201,8 @@ def test_bands_and_intervals_are_clipped_to_0_100(tmp_path):
 
 
 def test_display_names_and_declared_families():
-    assert display_name("factorized_abs_learned", "factorized_abs_learned+stack") == "Factorized abs. learned (stack)"
+    stack = display_name("factorized_abs_learned", "factorized_abs_learned+stack")
+    assert stack == "Factorized abs. learned (stack)"
     assert display_name("rope_axial", "rope_axial+theta=10.0") == "RoPE axial (theta 10.0)"
     assert display_name("rope_axial", "my_rope") == "RoPE axial (my_rope)"
     assert display_name("gone_variant", "gone_variant") == "gone_variant"  # an old run's name

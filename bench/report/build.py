@@ -8,7 +8,7 @@ import pandas as pd
 import yaml
 
 from ..store import atomic_write
-from .data import BASELINE, EXTREME_ELONGATION, Results, load_results
+from .data import BASELINE, EXTREME_ELONGATION, Results, display_name, load_results
 from .document import (Block, Bullets, Code, Heading, Image, Note, Paragraph, Table, html_page,
                        markdown)
 from .figstyle import FORMATS
@@ -43,9 +43,10 @@ def write_report(out_dir: Path, config: dict | None = None, environment: dict | 
     _write_text(out_dir / "summary.md", markdown([Heading(1, "Summary"), *summary_blocks(table)]))
     _write_text(out_dir / "summary.tex", latex_table(summary_table(table), _latex_comment(
         "Summary: top-1 accuracy (%), mean +/- std over seeds [95% t-interval]", source)))
-    for name in ("paired_vs_baseline.csv", "paired_vs_baseline.tex"):
-        (out_dir / name).unlink(missing_ok=True)  # no baseline: no stale table
-    if pairs is not None:
+    if pairs is None:
+        for name in ("paired_vs_baseline.csv", "paired_vs_baseline.tex"):
+            (out_dir / name).unlink(missing_ok=True)  # no baseline: no stale table
+    else:
         _write_text(out_dir / "paired_vs_baseline.csv", pairs.to_csv(index=False))
         _write_text(out_dir / "paired_vs_baseline.tex", latex_table(paired_table(pairs), _latex_comment(
             f"Paired difference from {BASELINE} (percentage points), mean +/- std over seeds "
@@ -61,8 +62,8 @@ def write_report(out_dir: Path, config: dict | None = None, environment: dict | 
         *findings_blocks(results),
         Heading(2, "Summary"),
         *summary_blocks(table),
-        Heading(2, f"Paired comparison with the baseline, {_baseline_title(results)}"),
-        *_paired_blocks(pairs, results),
+        Heading(2, f"Paired comparison with the baseline, {display_name(BASELINE, BASELINE)}"),
+        *_paired_blocks(pairs),
         Heading(2, "Per seed"),
         *_seed_blocks(seeds),
         Heading(2, "NaViT Fig. 10a format"),
@@ -94,10 +95,6 @@ def _latex_comment(what: str, source: str) -> str:
     return f"{what}.\nWritten by `python -m bench.report` {source}; see report.md."
 
 
-def _baseline_title(results: Results) -> str:
-    return results.title(BASELINE) if BASELINE in results.variants.index else f"`{BASELINE}`"
-
-
 def smoke_blocks(results: Results) -> list[Block]:
     return [SMOKE_NOTE] if results.smoke else []
 
@@ -119,11 +116,11 @@ def summary_blocks(table: pd.DataFrame) -> list[Block]:
     ]
 
 
-def _paired_blocks(table: pd.DataFrame | None, results: Results) -> list[Block]:
+def _paired_blocks(table: pd.DataFrame | None) -> list[Block]:
     if table is None:
         return [Paragraph(f"`{BASELINE}` has no successful cell in this run: no comparison.")]
     return [
-        Paragraph(f"Per seed: the variant's accuracy minus that of {_baseline_title(results)} "
+        Paragraph(f"Per seed: the variant's accuracy minus that of {display_name(BASELINE, BASELINE)} "
                   f"(`{BASELINE}`) on the same eval sizes, averaged over each group of cells. Mean "
                   f"± std over seeds in percentage points; in brackets, how many seeds share the "
                   f"sign of the mean. \"Consistent\": every seed (2 or more) has the same sign over "

@@ -129,7 +129,8 @@ def _blocks(table: pd.DataFrame, unmatched: pd.DataFrame, names: tuple[str, str]
     listed = (Table(["task", "variant", "seed", "where", "detail"],
                     [[r.task, f"`{r.variant}`", str(r.seed), r.where, r.detail]
                      for r in unmatched.itertuples()])
-              if len(unmatched) else Paragraph("None: every cell and eval size of one run has its pair in the other."))
+              if len(unmatched) else
+              Paragraph("None: every cell and eval size of one run has its pair in the other."))
     return [
         Heading(1, f"Comparison: B = `{b}` vs A = `{a}`"),
         Paragraph("Cells are paired when task, variant label, seed and eval size match. Per seed, "

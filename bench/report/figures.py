@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 
-from .data import BASELINE, Results
+from .data import BASELINE, Results, display_name
 from .figstyle import (CHAR_IN, COLUMN_IN, FORMATS, MARKERS, PAGE_IN, RC, REFERENCE_GREY, Style,
                        accuracy_ylim, aspect_axis, aspect_label, chance_line, chance_values,
                        family_curves, family_panels, header, hide_unused, members, save, side_axis,
@@ -209,8 +209,7 @@ def _side_figure(results: Results, st: dict[str, Style], relative: bool):
     fig, panels = family_panels(results)
     sides = curves.index.get_level_values("side").unique()
     for family, ax in panels.items():
-        mine = members(results, family)
-        training_marks(ax, results, mine)
+        training_marks(ax, results, members(results, family))
         if relative:
             ax.axhline(100, color=REFERENCE_GREY, lw=0.6, zorder=1)
         else:
@@ -220,23 +219,23 @@ def _side_figure(results: Results, st: dict[str, Style], relative: bool):
     fig.supxlabel("eval side length (px, square images, log scale)")
     if not relative:
         accuracy_ylim(next(iter(panels.values())), (curves["mean"] + curves["std"].fillna(0)).max())
-    return fig, panels
+    return fig
 
 
 @figure("accuracy_vs_side", "Accuracy vs eval side length (square images); shaded: training range",
         readme=True)
 def _accuracy_vs_side(results: Results, st: dict[str, Style]):
-    fig, _ = _side_figure(results, st, relative=False)
+    fig = _side_figure(results, st, relative=False)
     fig.supylabel("top-1 accuracy (%)")
     return fig, ("Top-1 accuracy (%) vs eval side length (px, log scale, square images), one panel "
                  "per family; other families in grey. Lines: mean over seeds; bands: ± 1 std "
-                 f"(clipped to 0-100%). Shaded: the training side range; dotted: the training "
+                 "(clipped to 0-100%). Shaded: the training side range; dotted: the training "
                  f"resolution. {CHANCE_TEXT}")
 
 
 @figure("relative_accuracy_vs_side", "Accuracy relative to the training resolution (NaViT Fig. 10b)")
 def _relative_accuracy_vs_side(results: Results, st: dict[str, Style]):
-    fig, _ = _side_figure(results, st, relative=True)
+    fig = _side_figure(results, st, relative=True)
     fig.supylabel("% of accuracy at training resolution")
     return fig, ("Accuracy relative to each variant's own accuracy at the training resolution "
                  "(NaViT Fig. 10b), in %, vs eval side length (px, log scale, square images), one "
@@ -306,8 +305,9 @@ def _heat_grid(results: Results) -> pd.Series:
 
 def _no_heat_grid(results: Results) -> str | None:
     grid = _heat_grid(results)
-    if grid.index.get_level_values("nominal_side").nunique() < 2 and \
-            grid.index.get_level_values("nominal_aspect").nunique() < 2:
+    if grid.empty:
+        return "no eval size has an equal-area side near a square eval side to be filed under"
+    if len(grid.index.droplevel("variant").unique()) < 2:
         return "the grid has a single eval size"
     return None
 
@@ -407,7 +407,7 @@ def _combine(results: Results, st: dict[str, Style]):
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(axis="y", color="#eeeeee", lw=0.5)
         base = results.variants.loc[labels[0], "base_variant"]
-        ax.legend(title=f"{results.title(base) if base in results.variants.index else base}, combine:",
+        ax.legend(title=f"{display_name(base, base)}, combine:",
                   ncol=len(labels), loc="lower left", bbox_to_anchor=(0, 1.0), alignment="left",
                   borderpad=0, handletextpad=0.3)
     for ax in axes[:, 0]:
