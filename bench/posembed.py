@@ -69,6 +69,12 @@ class PositionalEmbedding(nn.Module):
     # True: a vanilla ViT, trained at one fixed square resolution. An experiment gives it one (its
     # reference square side) unless the variant's entry sets its own resolution.
     fixed_square_training = False
+    # For reports and --list: a display name, the family it is grouped and coloured with, one line
+    # on what it does and where it comes from. A variant without them is shown by its registry name.
+    title: str | None = None
+    family = "other"
+    summary = ""
+    paper = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -107,6 +113,10 @@ def _pair(value) -> tuple[int, int]:
 @register("nope")
 class NoPE(PositionalEmbedding):
     """No positional information: the floor every other variant must beat."""
+    title = "No embedding (NoPE)"
+    family = "none"
+    summary = "No positional information: the floor every other variant must beat"
+    paper = "Kazemnejad et al. 2023 (NoPE); Dosovitskiy et al. 2021 (ViT ablation)"
 
 
 def _resized_rows(table: Tensor, coords: Tensor, grids: Tensor, mode: str, antialias: bool,
@@ -162,6 +172,10 @@ class _ResizedTable(PositionalEmbedding):
 class ViT1DInterp(_ResizedTable):
     """Vanilla ViT: trained at one fixed square resolution, its learned table of (R/P)^2 rows (kept as
     the grid they cover) is linearly interpolated to other grids, i.e. at evaluation, as the seed says."""
+    title = "1D learned, interpolated (ViT)"
+    family = "1D learned"
+    summary = "Trained at one fixed square resolution; its learned table is interpolated to other grids at evaluation"
+    paper = "Dosovitskiy et al. 2021 (ViT)"
     fixed_square_training = True
 
     def __init__(self, dim, heads, depth, *, base_grid: int | tuple[int, int] = 8, interpolation: str = "bilinear",
@@ -174,6 +188,10 @@ class ViT1DInterp(_ResizedTable):
 class Learned2DResized(_ResizedTable):
     """The same table resized to every image's grid in training and evaluation: SigLIP 2 NaFlex and
     big_vision NaFlex (bilinear, antialiased, half-pixel: the defaults), timm NaFlexViT (bicubic)."""
+    title = "2D learned, resized (NaFlex)"
+    family = "2D joint learned"
+    summary = "One learned 2D table resized to every image's grid, in training and evaluation"
+    paper = "Tschannen et al. 2025 (SigLIP 2 NaFlex); timm NaFlexViT"
 
     def __init__(self, dim, heads, depth, *, base_grid: int | tuple[int, int] = 8, interpolation: str = "bilinear",
                  antialias: bool = True, align_corners: bool = False):
@@ -183,6 +201,10 @@ class Learned2DResized(_ResizedTable):
 @register("pix2struct_2d")
 class Pix2StructJoint2D(PositionalEmbedding):
     """A joint learned table indexed by (row, col), as the NaViT paper describes Pix2Struct."""
+    title = "2D joint learned (Pix2Struct)"
+    family = "2D joint learned"
+    summary = "A joint learned table indexed by (row, col), as the NaViT paper describes Pix2Struct"
+    paper = "Lee et al. 2023 (Pix2Struct), as described by Dehghani et al. 2023 (NaViT)"
 
     def __init__(self, dim, heads, depth, *, max_grid: int | tuple[int, int] = 32):
         super().__init__(dim, heads, depth)
@@ -290,6 +312,11 @@ class Factorized(PositionalEmbedding):
 
 @register("factorized_abs_learned")
 class FactorizedAbsLearned(Factorized):
+    title = "Factorized abs. learned"
+    family = "factorized absolute"
+    summary = "Learned row and column tables over the absolute patch index"
+    paper = "Dehghani et al. 2023 (NaViT)"
+
     def __init__(self, dim, heads, depth, *, combine: str = "sum", max_grid: int = 32):
         super().__init__(dim, heads, depth, combine, lambda d, _: _AxisLearned(d, max_grid))
         self.max_grid = max_grid
@@ -301,6 +328,10 @@ class FactorizedAbsLearned(Factorized):
 
 @register("factorized_frac_learned")
 class FactorizedFracLearned(Factorized):
+    title = "Factorized frac. learned"
+    family = "factorized fractional"
+    summary = "Learned row and column tables over [0, 1], interpolated at the patch centre's fraction of the side"
+    paper = "Dehghani et al. 2023 (NaViT)"
     coordinates = "fractional"
 
     def __init__(self, dim, heads, depth, *, combine: str = "sum", table_size: int = 32):
@@ -333,6 +364,10 @@ class _FactorizedSinCos(Factorized):
 
 @register("factorized_abs_sincos")
 class FactorizedAbsSinCos(_FactorizedSinCos):
+    title = "Factorized abs. sin-cos"
+    family = "factorized absolute"
+    summary = "Fixed sin/cos features of the absolute patch index, per axis"
+    paper = "Vaswani et al. 2017; Dehghani et al. 2023 (NaViT)"
     wavelengths = ABS_WAVELENGTHS
 
     def __init__(self, dim, heads, depth, *, combine: str = "sum", scale: float = SINCOS_SCALE):
@@ -346,6 +381,10 @@ class FactorizedAbsSinCos(_FactorizedSinCos):
 
 @register("factorized_frac_sincos")
 class FactorizedFracSinCos(_FactorizedSinCos):
+    title = "Factorized frac. sin-cos"
+    family = "factorized fractional"
+    summary = "Fixed sin/cos features of the patch centre's fraction of the side, per axis"
+    paper = "Vaswani et al. 2017; Dehghani et al. 2023 (NaViT)"
     coordinates = "fractional"
     wavelengths = FRAC_WAVELENGTHS
 
@@ -355,6 +394,11 @@ class FactorizedFracSinCos(_FactorizedSinCos):
 
 @register("factorized_abs_fourier")
 class FactorizedAbsFourier(Factorized):
+    title = "Factorized abs. Fourier"
+    family = "factorized absolute"
+    summary = "Learned Fourier features (then an MLP) of the absolute patch index, per axis"
+    paper = "Li et al. 2021; Dehghani et al. 2023 (NaViT)"
+
     def __init__(self, dim, heads, depth, *, combine: str = "sum", gamma: float = 1.0):
         # gamma 1: about one radian per patch.
         super().__init__(dim, heads, depth, combine, lambda d, _: _AxisFourier(d, gamma))
@@ -362,6 +406,10 @@ class FactorizedAbsFourier(Factorized):
 
 @register("factorized_frac_fourier")
 class FactorizedFracFourier(Factorized):
+    title = "Factorized frac. Fourier"
+    family = "factorized fractional"
+    summary = "Learned Fourier features (then an MLP) of the patch centre's fraction of the side, per axis"
+    paper = "Li et al. 2021; Dehghani et al. 2023 (NaViT)"
     coordinates = "fractional"
 
     def __init__(self, dim, heads, depth, *, combine: str = "sum", gamma: float = 10.0):
@@ -386,6 +434,10 @@ class _Rotary(PositionalEmbedding):
 @register("rope_axial")
 class RoPEAxial(_Rotary):
     """Half of each head's rotation pairs turn with the column, half with the row; fixed frequencies."""
+    title = "RoPE axial"
+    family = "rotary (RoPE)"
+    summary = "Rotary: half of each head's pairs turn with the column, half with the row; fixed frequencies"
+    paper = "Heo et al. 2024 (RoPE-ViT)"
 
     def __init__(self, dim, heads, depth, *, theta: float = 100.0):
         super().__init__(dim, heads, depth)
@@ -400,6 +452,10 @@ class RoPEAxial(_Rotary):
 @register("rope_mixed")
 class RoPEMixed(_Rotary):
     """Learnable frequency pairs (f_x, f_y) per layer and head: angle = f_x * col + f_y * row."""
+    title = "RoPE mixed"
+    family = "rotary (RoPE)"
+    summary = "Rotary with learnable frequency pairs (f_x, f_y) per layer and head"
+    paper = "Heo et al. 2024 (RoPE-ViT)"
 
     def __init__(self, dim, heads, depth, *, theta: float = 10.0):
         super().__init__(dim, heads, depth)

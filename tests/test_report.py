@@ -21,11 +21,12 @@ from PIL import Image as PILImage
 from bench.errors import BenchError
 from bench.report import update_readme, write_report
 from bench.report.__main__ import main as cli_main
-from bench.report.data import family_of, load_results
+from bench.report.data import load_results
 from bench.store import METRICS_COLUMNS
-from bench.report.figures import FIGURES, PANEL_PLOT_IN, RC, _aspect_axis, _side_axis, styles
+from bench.report.figstyle import FORMATS, PANEL_PLOT_IN, RC, aspect_axis, side_axis, styles
+from bench.report.figures import REGISTRY
 from bench.report.findings import clearly_better, retention_sides, write_findings
-from bench.report.readme import END, README_FIGURES, START
+from bench.report.readme import END, START
 from bench.report.tables import paired, paired_table
 
 PATCH = 8
@@ -33,6 +34,7 @@ SIDES = (32, 48, 64, 96, 128, 192, 256)
 ASPECTS = (0.25, 0.5, 1.0, 2.0, 4.0)
 TRAIN = {"mode": "navit", "min_side": 48, "max_side": 96}
 REF_SIDE = 64
+STEPS = 50
 
 # label -> (base, combine, peak accuracy, loss per octave above / below range, per octave of aspect)
 PROFILES = {
@@ -95,14 +97,19 @@ def make_store(out: Path, profiles=None, seeds=(0, 1, 2), failed=(), accuracy=No
                     "num_tokens": (h // PATCH) * (w // PATCH), "accuracy": acc,
                     "loss": -math.log(max(acc, 1e-3)), "in_train_range": rng_name == "in",
                     "train_range": rng_name, "at_train_res": h == w == REF_SIDE})
+            steps = np.arange(STEPS)  # from chance (ln 9) towards the cell's own level
+            losses = math.log(9) - (math.log(9) + math.log(peak)) * (1 - np.exp(-steps / 15))
             cell = {
                 "variant": label, "base_variant": base,
                 "options": {"combine": combine} if combine else {}, "seed": seed,
                 "config_hash": "abc123", "status": "ok" if ok else "failed",
                 "reason": None if ok else "loss became NaN at step 40",
-                "param_count": 100_000 + 1_000 * len(label), "train_time_s": 12.5,
-                "tokens_seen": 10_000, "images_seen": 500, "steps": 50,
-                "final_train_loss": 1.0, "train_resolution": TRAIN, "eval": evals}
+                "param_count": 100_000 + 1_000 * len(label), "train_time_s": 12.5, "eval_time_s": 0.5,
+                "tokens_seen": 10_000, "images_seen": 500, "steps": STEPS,
+                "final_train_loss": 1.0, "train_resolution": TRAIN, "eval": evals,
+                "train_losses": (losses + rng.normal(0, 0.05, STEPS)).tolist() if ok else [],
+                "config": {"data": {"name": "synthetic", "task": "abs_position"},
+                           "eval": {"grid": {"sides": list(sides), "aspects": list(aspects)}}}}
             (out / "cells" / f"{label}__{seed}.json").write_text(json.dumps(cell))
             rows += evals
     pd.DataFrame(rows).to_csv(out / "metrics.csv", index=False)
@@ -175,7 +182,7 @@ def test_summary_ci_only_from_three_seeds(report):
     assert row["grid_ci95_high"] == pytest.approx(row["grid_mean"] + half, abs=1e-5)
     assert summary.at["rope_mixed", "grid_n"] == 2 and math.isnan(summary.at["rope_mixed", "grid_ci95_low"])
     md = (out / "summary.md").read_text()
-    line = next(l for l in md.splitlines() if "`pix2struct_2d`" in l)
+    line = next(l for l in md.splitlines() if "| 2D joint learned (Pix2Struct) |" in l)
     assert f"{100 * row['grid_mean']:.1f} ± {100 * row['grid_std']:.1f} [" in line
 
 
@@ -189,7 +196,7 @@ def test_failed_cells_are_listed_and_excluded(report):
         ok.groupby("seed")["accuracy"].mean().mean(), abs=1e-12)
     md = (out / "report.md").read_text()
     failed_section = md.split("## Failed cells")[1].split("##")[0]
-    assert "| `rope_mixed` | 2 | loss became NaN at step 40 |" in failed_section
+    assert "| RoPE mixed | 2 | loss became NaN at step 40 |" in failed_section
     assert "2 (+1 failed)" in (out / "summary.md").read_text()
 
 
@@ -200,16 +207,20 @@ def test_fig10a_table_is_average_and_best_over_square_sizes(report):
                       & (metrics["eval_height"] == metrics["eval_width"])]
     by_seed = squares.groupby("seed")["accuracy"]
     navit = pd.read_csv(out / "navit_fig10a.csv").set_index("variant").loc["factorized_abs_learned"]
-    assert navit["average_mean"] == pytest.approx(by_seed.mean().mean(), abs=1e-12)
-    assert navit["best_mean"] == pytest.approx(by_seed.max().mean(), abs=1e-12)
-    assert (navit["navit_paper_average"], navit["navit_paper_best"]) == (64.9, 71.5)
-    assert "| `factorized_abs_learned` |" in (out / "report.md").read_text().split("Fig. 10a format")[1]
+    # percent throughout, like the paper's columns beside ours
+    assert navit["average_mean_pct"] == pytest.approx(100 * by_seed.mean().mean(), abs=1e-10)
+    assert navit["best_mean_pct"] == pytest.approx(100 * by_seed.max().mean(), abs=1e-10)
+    assert navit["average_std_pct"] == pytest.approx(100 * by_seed.mean().std(), abs=1e-10)
+    assert navit["average_n"] == 3
+    assert (navit["navit_paper_average_pct"], navit["navit_paper_best_pct"]) == (64.9, 71.5)
+    assert "| Factorized abs. learned |" in (out / "report.md").read_text().split("Fig. 10a format")[1]
 
 
 def test_every_output_is_written_atomically(report):
     out, replaced = report
-    outputs = ["summary.csv", "summary.md", "paired_vs_baseline.csv", "navit_fig10a.csv",
-               "report.md", "report.html"] + [f"figures/{name}" for name in FIGURES]
+    outputs = ["summary.csv", "summary.md", "summary.tex", "paired_vs_baseline.csv",
+               "paired_vs_baseline.tex", "per_seed.csv", "navit_fig10a.csv", "report.md",
+               "report.html"] + [f"figures/{spec.stem}.{fmt}" for spec in REGISTRY for fmt in FORMATS]
     for name in outputs:
         assert (out / name).is_file(), name
     assert {p.resolve() for p in replaced} == {(out / n).resolve() for n in outputs}
@@ -218,8 +229,8 @@ def test_every_output_is_written_atomically(report):
 
 def test_figures_are_pngs_of_at_least_150_dpi(report):
     out, _ = report
-    for name in FIGURES:
-        with PILImage.open(out / "figures" / name) as img:
+    for spec in REGISTRY:
+        with PILImage.open(out / "figures" / f"{spec.stem}.png") as img:
             assert img.format == "PNG"
             assert min(img.info["dpi"]) >= 150
             assert img.width >= 3.5 * 150  # at least a column wide at 150 dpi
@@ -229,13 +240,16 @@ def test_report_html_is_self_contained_and_matches_md(report):
     out, _ = report
     page = (out / "report.html").read_text()
     sources = re.findall(r'<img src="([^"]+)"', page)
-    assert len(sources) == len(FIGURES) and all(s.startswith("data:image/png;base64,") for s in sources)
-    assert "figures/" not in page.replace("data:image", "")  # no link to a file next to it
-    assert base64.b64decode(sources[0].split(",", 1)[1]) == (out / "figures" / FIGURES[0]).read_bytes()
+    assert len(sources) == len(REGISTRY) and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert not re.search(r'(src|href)="(?!data:|#)', page)  # no link to a file next to it
+    first = out / "figures" / f"{REGISTRY[0].stem}.png"
+    assert base64.b64decode(sources[0].split(",", 1)[1]) == first.read_bytes()
     md = (out / "report.md").read_text()
     for heading in re.findall(r"^## (.+)$", md, re.M):
-        assert f"<h2>{heading.replace('`', '')}" in re.sub(r"</?code>", "", page)
-    assert page.count("<table>") == len(re.findall(r"^\|[-: |]+\|$", md, re.M)) == 5
+        assert re.search(f'<h2 id="[a-z0-9-]+">{re.escape(heading.replace("`", ""))}</h2>',
+                         re.sub(r"</?code>", "", page))
+    # summary, paired, per seed, Fig. 10a, variants, failed cells, environment; each scrolls when wide
+    assert page.count('<div class="wide"><table>') == len(re.findall(r"^\|[-: |]+\|$", md, re.M)) == 7
 
 
 def test_report_md_has_config_environment_and_findings(report):
@@ -243,8 +257,8 @@ def test_report_md_has_config_environment_and_findings(report):
     md = (out / "report.md").read_text()
     assert "```yaml\nmodel:\n  dim: 64" in md
     assert "| commit | `0123abc` |" in md and "| torch | `2.14.1` |" in md
-    for name in FIGURES:
-        assert f"(figures/{name})" in md
+    for spec in REGISTRY:
+        assert f"(figures/{spec.stem}.png)" in md
     findings = md.split("## Findings")[1].split("##")[0]
     assert "At 4x the training resolution (256 px vs 64 px, square images)" in findings
 
@@ -275,8 +289,8 @@ def test_paired_difference_and_sign_consistency(tmp_path):
     assert mixed["grid_diff_std"] == pytest.approx(np.std([0.05, -0.03, 0.04], ddof=1))
     assert mixed[["grid_seeds_better", "grid_seeds_worse", "grid_consistent"]].tolist() == [2, 1, False]
     rows = {r[0]: r for r in paired_table(table.reset_index()).rows}
-    assert rows["`rope_axial`"][2] == "+2.0 ± 4.4 (2/3 +)" and rows["`rope_axial`"][-1] == "no"
-    assert rows["`factorized_abs_learned`"][-1] == "yes"
+    assert rows["RoPE axial"][2] == "+2.0 ± 4.4 (2/3 +)" and rows["RoPE axial"][-1] == "no"
+    assert rows["Factorized abs. learned"][-1] == "yes"
 
 
 @pytest.mark.parametrize("a, b, expected", [
@@ -378,18 +392,23 @@ def test_missing_groups_are_na_and_missing_figures_explained(tmp_path):
     out = make_store(tmp_path, _profiles("factorized_abs_learned", "rope_axial"),
                      sides=(64, 96, 128), aspects=(1.0, 1.5))
     (out / "figures").mkdir()
-    (out / "figures" / FIGURES[4]).write_bytes(b"stale")
+    for stale in ("combine_modes.pdf", "fig5_combine_modes.png"):  # a figure not drawn, an old name
+        (out / "figures" / stale).write_bytes(b"stale")
     (out / "paired_vs_baseline.csv").write_text("stale")
     write_report(out, CONFIG, ENV)
     summary = pd.read_csv(out / "summary.csv")
     assert summary["below_mean"].isna().all() and summary["extreme_mean"].isna().all()
     assert summary["above_mean"].notna().all()
-    line = next(l for l in (out / "summary.md").read_text().splitlines() if "`rope_axial`" in l)
+    line = next(l for l in (out / "summary.md").read_text().splitlines() if "| RoPE axial |" in l)
     assert line.count("| n/a |") == 2
     md = (out / "report.md").read_text()
-    assert "Figure 5 (`fig5_combine_modes.png`) is not drawn: no factorized variant" in md
+    number = next(i for i, spec in enumerate(REGISTRY, 1) if spec.stem == "combine_modes")
+    assert (f"Figure {number} (`combine_modes`, combine modes of the factorized embedding) is not "
+            f"drawn: no factorized variant") in md
     assert "`vit_1d_interp` has no successful cell in this run: no comparison." in md
-    assert not (out / "figures" / FIGURES[4]).exists() and not (out / "paired_vs_baseline.csv").exists()
+    assert "is not drawn: `vit_1d_interp`, the baseline, has no successful cell" in md
+    assert not (out / "paired_vs_baseline.csv").exists() and not (out / "paired_vs_baseline.tex").exists()
+    assert not {"combine_modes.pdf", "fig5_combine_modes.png"} & {p.name for p in (out / "figures").iterdir()}
     assert "None: every cell succeeded." in md
 
 
@@ -458,12 +477,11 @@ def test_one_colour_per_family_and_distinct_styles_within(report):
         assert len({st_[v].colour for v in group.index}) == 1
         assert len({(st_[v].linestyle, st_[v].marker) for v in group.index}) == len(group)
     assert len({st_[v].colour for v in results.variants.index}) == results.variants["family"].nunique()
-    assert family_of("factorized_abs_new_idea") == "factorized absolute"
     assert "side 64 px, 64–66 tokens" in (out / "report.md").read_text()  # 63/65 px grouped as 64
 
 
 def test_update_readme_rewrites_only_between_markers(report, tmp_path):
-    out, _ = report
+    out = shutil.copytree(report[0], tmp_path / "run")  # the CLI redraws the report: on a copy
     readme = tmp_path / "README.md"
     readme.write_text(f"# Title\nintro\n{START}\nold results\n{END}\noutro\n")
     images = tmp_path / "docs" / "images" / "results"
@@ -471,9 +489,11 @@ def test_update_readme_rewrites_only_between_markers(report, tmp_path):
     text = readme.read_text()
     assert text.startswith(f"# Title\nintro\n{START}\n") and text.endswith(f"{END}\noutro\n")
     assert "old results" not in text and "| # | variant | params |" in text
-    for name in README_FIGURES:
-        assert f"](docs/images/results/{name})" in text
-        assert (images / name).read_bytes() == (out / "figures" / name).read_bytes()
+    shown = [spec for spec in REGISTRY if spec.readme]
+    assert shown
+    for spec in shown:
+        assert f"](docs/images/results/{spec.stem}.png)" in text
+        assert (images / f"{spec.stem}.png").read_bytes() == (out / "figures" / f"{spec.stem}.png").read_bytes()
     update_readme(out, readme, images)
     assert readme.read_text() == text  # idempotent
 
@@ -482,14 +502,16 @@ def test_update_readme_without_markers_is_an_error(report, tmp_path, capsys):
     out, _ = report
     readme = tmp_path / "README.md"
     readme.write_text("no markers here\n")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     assert cli_main(["--out", str(out), "--readme", str(readme), "--images", str(tmp_path / "img")]) == 2
     assert "README.md: needs a line <!-- results:start -->" in capsys.readouterr().err
     assert readme.read_text() == "no markers here\n"
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # the report is not redrawn
 
 
 @pytest.mark.parametrize("axis, values", [
-    (_aspect_axis, [1 / 3, 0.4, 0.5, 1.0, 2.0, 2.5, 3.0]),
-    (_side_axis, [8, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]),
+    (aspect_axis, [1 / 3, 0.4, 0.5, 1.0, 2.0, 2.5, 3.0]),
+    (side_axis, [8, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512]),
 ])
 def test_tick_labels_never_overlap(axis, values):
     with plt.rc_context(RC):
@@ -511,14 +533,14 @@ def test_single_seed_run_reports_without_spread_or_claims(tmp_path):
     md = (out / "report.md").read_text()
     findings = md.split("## Findings")[1].split("##")[0]
     assert "clearly" not in findings and "a single seed cannot separate them" in findings
-    rows = [l for l in (out / "summary.md").read_text().splitlines() if l.startswith("| ") and "`" in l]
+    rows = [l for l in (out / "summary.md").read_text().splitlines() if re.match(r"\| \d+ \|", l)]
     assert "n/a (1 seed)" in md and len(rows) == len(PROFILES) and not any(" ± " in r for r in rows)
-    assert len(list((out / "figures").glob("*.png"))) == len(FIGURES)
+    assert len(list((out / "figures").glob("*.png"))) == len(REGISTRY)
 
 
 def test_update_readme_needs_a_written_report(tmp_path):
     out = make_store(tmp_path / "run", _profiles("rope_axial"), sides=(32, 64), aspects=(1.0,))
     readme = tmp_path / "README.md"
     readme.write_text(f"{START}\n{END}\n")
-    with pytest.raises(BenchError, match="report.md: missing; run `python run_all.py --report-only"):
+    with pytest.raises(BenchError, match="report.md: missing; run `python -m bench.report --out"):
         update_readme(out, readme, tmp_path / "img")

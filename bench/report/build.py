@@ -8,57 +8,78 @@ import pandas as pd
 import yaml
 
 from ..store import atomic_write
-from .data import BASELINE, EXTREME_ELONGATION, Results, load_results
-from .document import Block, Bullets, Code, Heading, Image, Paragraph, Table, html_page, markdown
-from .figures import FIGURES, Figure, write_figures
+from .data import BASELINE, EXTREME_ELONGATION, Results, display_name, load_results
+from .document import (Block, Bullets, Code, Heading, Image, Note, Paragraph, Table, html_page,
+                       markdown)
+from .figstyle import FORMATS
+from .figures import Outcome, write_figures
 from .findings import TARGET_RATIO, write_findings
+from .latex import latex_table
+from .provenance import Provenance, read_provenance
 from .stats import CI_LEVEL, MIN_SEEDS_FOR_CI
-from .tables import fig10a, fig10a_table, paired, paired_table, summary, summary_table
+from .tables import (by_seed, by_seed_table, fig10a, fig10a_csv, fig10a_table, paired, paired_table,
+                     summary, summary_table)
 
 TITLE = "NaViT Bench report"
-NOT_DRAWN = {  # why a figure can be missing: the data has nothing for it to show
-    FIGURES[3]: "no group of equal-area eval sizes has two or more aspect ratios",
-    FIGURES[4]: "no factorized variant was run with more than one combine mode",
-}
+SMOKE_NOTE = Note("Smoke run: do not cite.",
+                  "Its config sets `smoke: true`: a short run that checks the pipeline end to end. "
+                  "The models are not converged, so its numbers say nothing about the embeddings.")
 
 
-def write_report(out_dir: Path, config: dict, environment: dict) -> None:
-    """Read DIR/cells and DIR/metrics.csv; write the tables, figures/, report.md and report.html.
+def write_report(out_dir: Path, config: dict | None = None, environment: dict | None = None) -> None:
+    """Read DIR/cells and DIR/metrics.csv; write the tables (CSV, Markdown, LaTeX), figures/,
+    report.md and report.html. ``config`` and ``environment`` are the runner's; without them the
+    report uses the config stored in the cells, and what the cells and DIR/run.json record.
 
     Raises BenchError (one line naming the path) when the store is missing or malformed.
     """
     out_dir = Path(out_dir)
-    results = load_results(out_dir)
-    table = summary(results)
-    pairs = paired(results)
+    results = load_results(out_dir, config)
+    provenance = read_provenance(out_dir, results, environment)
+    table, pairs, seeds = summary(results), paired(results), by_seed(results)
     navit, navit_sides = fig10a(results)
+    source = f"from the results folder {provenance.folder} ({provenance.commit or 'commit not recorded'})"
     _write_text(out_dir / "summary.csv", table.to_csv(index=False))
     _write_text(out_dir / "summary.md", markdown([Heading(1, "Summary"), *summary_blocks(table)]))
+    _write_text(out_dir / "summary.tex", latex_table(summary_table(table), _latex_comment(
+        "Summary: top-1 accuracy (%), mean +/- std over seeds [95% t-interval]", source)))
     if pairs is None:
-        (out_dir / "paired_vs_baseline.csv").unlink(missing_ok=True)  # no baseline: no stale table
+        for name in ("paired_vs_baseline.csv", "paired_vs_baseline.tex"):
+            (out_dir / name).unlink(missing_ok=True)  # no baseline: no stale table
     else:
         _write_text(out_dir / "paired_vs_baseline.csv", pairs.to_csv(index=False))
-    _write_text(out_dir / "navit_fig10a.csv", navit.to_csv(index=False))
+        _write_text(out_dir / "paired_vs_baseline.tex", latex_table(paired_table(pairs), _latex_comment(
+            f"Paired difference from {BASELINE} (percentage points), mean +/- std over seeds "
+            f"(seeds sharing the sign)", source)))
+    _write_text(out_dir / "per_seed.csv", seeds.to_csv(index=False))
+    _write_text(out_dir / "navit_fig10a.csv", fig10a_csv(navit).to_csv(index=False))
     figures = write_figures(results, out_dir / "figures")
     blocks = [
         Heading(1, TITLE),
-        Paragraph(_provenance(out_dir, environment)),
+        *smoke_blocks(results),
+        Paragraph(provenance.sentence()),
         Heading(2, "Findings"),
         *findings_blocks(results),
         Heading(2, "Summary"),
         *summary_blocks(table),
-        Heading(2, f"Paired comparison with `{BASELINE}`"),
+        Heading(2, f"Paired comparison with the baseline, {display_name(BASELINE, BASELINE)}"),
         *_paired_blocks(pairs),
+        Heading(2, "Per seed"),
+        *_seed_blocks(seeds),
         Heading(2, "NaViT Fig. 10a format"),
         *_fig10a_blocks(navit, navit_sides),
         Heading(2, "Figures"),
         *_figure_blocks(figures),
+        Heading(2, "Variants"),
+        _variants_table(results),
         Heading(2, "Failed cells"),
         *_failed_blocks(results),
+        Heading(2, "Files"),
+        Bullets(_files(pairs is not None, figures)),
         Heading(2, "Experiment config"),
-        Code(yaml.safe_dump(json.loads(json.dumps(config, default=str)), sort_keys=False), "yaml"),
+        *_config_blocks(results, config is not None),
         Heading(2, "Environment"),
-        Table(["item", "value"], [[str(k), f"`{v}`"] for k, v in environment.items()]),
+        *_environment_blocks(provenance),
         Heading(2, "How the numbers are computed"),
         Bullets(METHOD),
     ]
@@ -70,10 +91,12 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write(path, text.encode("utf-8"))
 
 
-def _provenance(out_dir: Path, environment: dict) -> str:
-    keys = ("git_commit", "commit", "torch", "device")  # the runner names it git_commit
-    known = [f"{k} `{environment[k]}`" for k in keys if k in environment]
-    return f"Results directory `{out_dir}`" + (f"; {', '.join(known)}." if known else ".")
+def _latex_comment(what: str, source: str) -> str:
+    return f"{what}.\nWritten by `python -m bench.report` {source}; see report.md."
+
+
+def smoke_blocks(results: Results) -> list[Block]:
+    return [SMOKE_NOTE] if results.smoke else []
 
 
 def findings_blocks(results: Results) -> list[Block]:
@@ -97,11 +120,21 @@ def _paired_blocks(table: pd.DataFrame | None) -> list[Block]:
     if table is None:
         return [Paragraph(f"`{BASELINE}` has no successful cell in this run: no comparison.")]
     return [
-        Paragraph(f"Per seed: the variant's accuracy minus `{BASELINE}`'s on the same eval sizes, "
-                  f"averaged over each group of cells. Mean ± std over seeds in percentage points; "
-                  f"in brackets, how many seeds share the sign of the mean. \"Consistent\": every "
-                  f"seed (2 or more) has the same sign over the whole grid."),
+        Paragraph(f"Per seed: the variant's accuracy minus that of {display_name(BASELINE, BASELINE)} "
+                  f"(`{BASELINE}`) on the same eval sizes, averaged over each group of cells. Mean "
+                  f"± std over seeds in percentage points; in brackets, how many seeds share the "
+                  f"sign of the mean. \"Consistent\": every seed (2 or more) has the same sign over "
+                  f"the whole grid."),
         paired_table(table),
+    ]
+
+
+def _seed_blocks(table: pd.DataFrame) -> list[Block]:
+    return [
+        Paragraph("Every cell on its own: the final training loss and the top-1 accuracy (%) over "
+                  "each group of eval sizes, the per-seed values that the means above are taken "
+                  "over (also in `per_seed.csv`, as fractions)."),
+        by_seed_table(table),
     ]
 
 
@@ -117,16 +150,23 @@ def _fig10a_blocks(table: pd.DataFrame, sides: list[int]) -> list[Block]:
     ]
 
 
-def _figure_blocks(figures: list[Figure]) -> list[Block]:
-    made = {f.name: f for f in figures}
-    blocks = []
-    for i, name in enumerate(FIGURES, 1):
-        if name in made:
-            blocks.append(Image(f"figures/{name}", f"Figure {i}", f"Figure {i}. {made[name].caption}"))
+def _figure_blocks(figures: list[Outcome]) -> list[Block]:
+    blocks: list[Block] = [Paragraph(f"Each figure is in `figures/` as "
+                                     f"{', '.join(f.upper() for f in FORMATS)}, sized for print "
+                                     f"(7 in page width, 3.5 in for one column).")]
+    for f in figures:
+        if f.caption:
+            blocks.append(Image(f"figures/{f.png}", f"Figure {f.number}", f"Figure {f.number}. {f.caption}"))
         else:
-            reason = NOT_DRAWN.get(name, "no successful cell")
-            blocks.append(Paragraph(f"Figure {i} (`{name}`) is not drawn: {reason}."))
+            blocks.append(Paragraph(f"Figure {f.number} (`{f.spec.stem}`, {f.spec.title[0].lower()}"
+                                    f"{f.spec.title[1:]}) is not drawn: {f.reason}."))
     return blocks
+
+
+def _variants_table(results: Results) -> Table:
+    return Table(["name", "label", "family", "what it does", "source"],
+                 [[info["title"], f"`{variant}`", info["family"], info["about"], info["paper"]]
+                  for variant, info in results.variants.iterrows()])
 
 
 def _failed_blocks(results: Results) -> list[Block]:
@@ -136,9 +176,38 @@ def _failed_blocks(results: Results) -> list[Block]:
     return [
         Paragraph(f"{len(failed)} cell(s) failed; they are left out of every mean above."),
         Table(["variant", "seed", "reason"],
-              [[f"`{r.variant}`", str(r.seed), r.reason or "(no reason recorded)"]
+              [[results.title(r.variant), str(r.seed), r.reason or "(no reason recorded)"]
                for r in failed.itertuples()]),
     ]
+
+
+def _files(with_pairs: bool, figures: list[Outcome]) -> list[str]:
+    pairs = ["`paired_vs_baseline.csv`, `paired_vs_baseline.tex`: the paired comparison"] if with_pairs else []
+    drawn = [f for f in figures if f.caption]
+    return [
+        "`report.md`, `report.html`: this report (the HTML embeds its images)",
+        "`summary.csv` (fractions), `summary.md`, `summary.tex` (LaTeX, booktabs): the summary",
+        *pairs,
+        "`per_seed.csv`: one row per cell, accuracies as fractions",
+        "`navit_fig10a.csv`: the NaViT Fig. 10a table, in percent like the paper's columns",
+        f"`figures/`: {len(drawn)} figures, each as {', '.join(f'.{x}' for x in FORMATS)}",
+        "`metrics.csv`, `cells/`: the runner's raw results, which every number here comes from",
+    ]
+
+
+def _config_blocks(results: Results, given: bool) -> list[Block]:
+    where = ("The resolved experiment config." if given else
+             "The config stored in the cells (what their config hash covers; the variant list and "
+             "seeds are the cells' own).")
+    text = yaml.safe_dump(json.loads(json.dumps(results.config, default=str)), sort_keys=False)
+    return [Paragraph(where), Code(text, "yaml", fold="config (YAML)")]
+
+
+def _environment_blocks(provenance: Provenance) -> list[Block]:
+    env = provenance.environment
+    if not env:
+        return [Paragraph("Not recorded.")]
+    return [Table(["item", "value"], [[str(k), f"`{v}`"] for k, v in env.items()])]
 
 
 METHOD = [
@@ -149,10 +218,12 @@ METHOD = [
     "range: the side range the runner's `train_range` column refers to (below / in / above).",
     f"Extreme aspect: max(W/H, H/W) >= {EXTREME_ELONGATION:g}, i.e. 2:1 or longer allowing for "
     f"sides rounded to whole patches.",
-    "Curves over side length (figures 1, 2) and the NaViT Fig. 10a table use square eval sizes "
-    "only, so resolution is the only thing that changes along them.",
-    "Fixed token count (figure 4): eval sizes are grouped by the square side nearest their "
-    "equal-area side; the group with the most aspect ratios is shown, ties going to the one "
+    "Chance: 1 / the number of classes of the cell's task (e.g. 1/9 for `abs_position`); "
+    "the chance loss is ln(classes).",
+    "Curves over side length and the NaViT Fig. 10a table use square eval sizes only, so "
+    "resolution is the only thing that changes along them.",
+    "Fixed token count (accuracy vs aspect): eval sizes are grouped by the square side nearest "
+    "their equal-area side; the group with the most aspect ratios is shown, ties going to the one "
     "nearest the training side.",
     f"Retention: per seed, accuracy at a side divided by accuracy at the training resolution; "
     f"the findings use the square side nearest {TARGET_RATIO:g}x the training side.",

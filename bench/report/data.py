@@ -1,34 +1,31 @@
 """Load and check the runner's results store: DIR/cells/*.json and DIR/metrics.csv.
 
 metrics.csv is the source of every accuracy; the cells add what a row does not carry (status,
-failure reason, parameter count, training range, options). The two must describe the same ok
-cells: a mismatch means a stale metrics.csv, and a report built on it would mislead.
+failure reason, parameter count, training range, options, task, training losses, the config
+they were made with). The two must describe the same ok cells: a mismatch means a stale
+metrics.csv, and a report built on it would mislead.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..data.synthetic import CLASS_NAMES
 from ..errors import BenchError
-from ..posembed import list_variants
+from ..posembed import _REGISTRY, list_variants
 from ..store import METRICS_COLUMNS, Store
 
 BASELINE = "vit_1d_interp"
 
-# (family, registry-name prefix) in display order. Matching on the prefix puts a newly
-# registered variant into its family without editing this table.
-FAMILIES = (
-    ("1D learned", "vit_1d"),
-    ("2D joint", "pix2struct"),
-    ("factorized absolute", "factorized_abs"),
-    ("factorized fractional", "factorized_frac"),
-    ("rope", "rope"),
-    ("none", "nope"),
-)
-OTHER_FAMILY = "other"
+# Families in display order; a variant declares its own (posembed's ``family`` attribute), and a
+# family not listed here comes after these, in registry order.
+FAMILY_ORDER = ("1D learned", "2D joint learned", "factorized absolute", "factorized fractional",
+                "rotary (RoPE)", "none")
+OTHER_FAMILY = "other"  # the base class's default, and the family of an unregistered name
 COMBINE_MODES = ("sum", "stack", "product")  # "sum" is the plain label's default
 
 # "Extreme aspect" = elongation max(W/H, H/W) of 2:1 or more; 1.9 rather than 2 because eval
@@ -44,14 +41,64 @@ _OK_CELL_KEYS = ("param_count", "train_resolution")
 
 
 def family_of(base_variant: str) -> str:
-    return next((name for name, prefix in FAMILIES if base_variant.startswith(prefix)), OTHER_FAMILY)
+    return _described(base_variant, "family", OTHER_FAMILY)
+
+
+def _described(base_variant: str, attribute: str, default: str | None = "") -> str | None:
+    """A class attribute of the registered variant (title, family, summary, paper), or
+    ``default`` for a name this checkout does not register (an old run's)."""
+    cls = _REGISTRY.get(base_variant)
+    return getattr(cls, attribute) if cls is not None else default
+
+
+def display_name(base_variant: str, label: str) -> str:
+    """'Factorized abs. learned (stack)': the variant's title, then the options its label names.
+
+    The label, not the stored options, says what was chosen: cells store every option resolved
+    (e.g. a table size fitted to the grid), while a default label lists only those the config set
+    ('factorized_abs_learned+stack', 'rope_axial+theta=10'). A label of the user's own is shown
+    as it is.
+    """
+    title = _described(base_variant, "title", None) or base_variant
+    if label == base_variant:
+        return title
+    if label.startswith(base_variant + "+"):
+        chosen = label[len(base_variant) + 1:].split("+")
+        return f"{title} ({', '.join(part.replace('=', ' ') for part in chosen)})"
+    return f"{title} ({label})"
+
+
+def _data_config(cell: dict) -> dict:
+    return (cell.get("config") or {}).get("data") or {}
+
+
+def num_classes_of(cell: dict) -> int | None:
+    """Classes of the cell's task: the stored ``num_classes``, else derived from the synthetic
+    task in the config the cell stores; None when neither tells (e.g. an image folder)."""
+    if cell.get("num_classes"):
+        return int(cell["num_classes"])
+    data = _data_config(cell)
+    if data.get("name") == "synthetic" and data.get("task") in CLASS_NAMES:
+        return len(CLASS_NAMES[data["task"]])
+    return None
+
+
+def task_of(cell: dict) -> str:
+    """The stored ``task``, else the synthetic task or the data set's name from the config."""
+    data = _data_config(cell)
+    return str(cell.get("task") or (data.get("task") if data.get("name") == "synthetic" else None)
+               or data.get("name") or "unknown")
 
 
 @dataclass(frozen=True)
 class Results:
     cells: pd.DataFrame    # one row per cell, ok and failed
-    metrics: pd.DataFrame  # eval rows of ok cells, plus "extreme" (aspect) and "nominal_side"
-    variants: pd.DataFrame  # one row per label, in display order (family, base, combine mode)
+    metrics: pd.DataFrame  # eval rows of ok cells, plus "extreme", "nominal_side", "nominal_aspect",
+    #                        and the cell's "task" and "chance" (NaN when unknown)
+    variants: pd.DataFrame  # one row per label, in display order (title, family, base, combine
+    #                         mode, "about" and "paper": the variant's one-line summary and source)
+    losses: pd.DataFrame   # training loss per (variant, seed, step) of ok cells
+    config: dict           # the config the cells were made with ({} when they do not store it)
 
     @property
     def failed(self) -> pd.DataFrame:
@@ -62,16 +109,41 @@ class Results:
         """Labels with at least one ok cell, in display order."""
         return [v for v in self.variants.index if self.variants.at[v, "seeds_ok"] > 0]
 
+    @property
+    def smoke(self) -> bool:
+        """A smoke run (config key ``smoke``): its report says it is not to be cited."""
+        return bool(self.config.get("smoke"))
 
-def load_results(out_dir: Path) -> Results:
+    def title(self, variant: str) -> str:
+        return str(self.variants.at[variant, "title"])
+
+    def task_text(self) -> str:
+        """'Task: abs_position (9 classes, chance 11.1%)', for figure headers and captions."""
+        parts = []
+        for task, group in self.cells.groupby("task", sort=False):
+            n = group["num_classes"].dropna()
+            parts.append(f"{task} ({int(n.iloc[0])} classes, chance {100 / n.iloc[0]:.1f}%)"
+                         if len(n) else task)
+        return ("Task: " if len(parts) == 1 else "Tasks: ") + ", ".join(parts)
+
+
+def load_results(out_dir: Path, config: dict | None = None) -> Results:
+    """``config``: the experiment's, when the caller has it (the runner); by default the one the
+    cells were made with."""
     store = Store(out_dir)
-    cells = _load_cells(store)
+    raw = _read_cells(store)
+    cells = pd.DataFrame([row for row, _ in raw])
+    stored = _config(store, [cell for _, cell in raw])
+    config = stored if config is None else config
     metrics = _match(_load_metrics(store.metrics_path), cells, store.metrics_path)
     _check_reference(metrics, store.metrics_path)
     elongation = np.maximum(metrics["aspect"], 1 / metrics["aspect"])
     metrics = metrics.assign(extreme=elongation >= EXTREME_ELONGATION,
                              nominal_side=_nominal_sides(metrics))
-    return Results(cells, metrics, _variant_table(cells))
+    metrics = metrics.assign(nominal_aspect=_nominal_aspects(metrics, config))
+    metrics = metrics.merge(cells[["variant", "seed", "task", "chance"]], on=["variant", "seed"],
+                            how="left")
+    return Results(cells, metrics, _variant_table(cells), _losses(raw), config)
 
 
 def _nominal_sides(metrics: pd.DataFrame) -> np.ndarray:
@@ -87,16 +159,53 @@ def _nominal_sides(metrics: pd.DataFrame) -> np.ndarray:
     return np.where(dist.min(1) <= 0.25, squares[dist.argmin(1)], np.nan)
 
 
-def _load_cells(store: Store) -> pd.DataFrame:
+def _nominal_aspects(metrics: pd.DataFrame, config: dict) -> np.ndarray:
+    """Each row's aspect ratio as the grid names it: the nearest (in log ratio) of the config's
+    ``eval.grid.aspects``, else of the aspects measured at the largest side. Sides rounded to
+    whole patches move small sizes off their nominal ratio (2:1 at 8 px is 12x8 = 1.5:1)."""
+    nominal = ((config.get("eval") or {}).get("grid") or {}).get("aspects")
+    if not nominal:
+        largest = metrics.loc[metrics["nominal_side"] == metrics["nominal_side"].max(), "aspect"]
+        nominal = largest.unique() if len(largest) else metrics["aspect"].unique()
+    nominal = np.asarray(sorted(nominal), dtype=float)
+    if not len(nominal):
+        return np.full(len(metrics), np.nan)
+    dist = np.abs(np.log(metrics["aspect"].to_numpy(float)[:, None] / nominal[None, :]))
+    return nominal[dist.argmin(1)]
+
+
+def _read_cells(store: Store) -> list[tuple[dict, dict]]:
+    """(table row, raw cell) per cell file, sorted by file name."""
     raw = store.cells()  # raises StoreError (a BenchError) naming an unreadable file
     if not raw:
         raise BenchError(f"{store.cells_dir}: no result cells (*.json); is this a results directory?")
-    cells = pd.DataFrame([_cell_row(store.cells_dir / f"{name}.json", cell) for name, cell in raw.items()])
+    pairs = [(_cell_row(store.cells_dir / f"{name}.json", cell), cell) for name, cell in raw.items()]
+    cells = pd.DataFrame([row for row, _ in pairs])
     dup = cells[cells.duplicated(["variant", "seed"], keep=False)]
     if len(dup):
         raise BenchError(f"{store.cells_dir}: variant {dup['variant'].iloc[0]} seed "
                          f"{dup['seed'].iloc[0]} appears in more than one cell file")
-    return cells
+    return pairs
+
+
+def _config(store: Store, cells: list[dict]) -> dict:
+    """The config every cell was made with; cells of two configs in one folder are an error."""
+    hashes = {cell["config_hash"] for cell in cells if cell.get("config_hash")}
+    if len(hashes) > 1:
+        raise BenchError(f"{store.cells_dir}: cells of {len(hashes)} different configs "
+                         f"(config_hash {', '.join(sorted(hashes))}); one folder holds one experiment")
+    return next((dict(cell["config"]) for cell in cells if cell.get("config")), {})
+
+
+def _losses(raw: list[tuple[dict, dict]]) -> pd.DataFrame:
+    frames = [pd.DataFrame({"variant": row["variant"], "seed": row["seed"],
+                            "step": np.arange(1, len(cell["train_losses"]) + 1),
+                            "loss": np.asarray(cell["train_losses"], dtype=float)})
+              for row, cell in raw if row["status"] == "ok" and cell.get("train_losses")]
+    if not frames:
+        return pd.DataFrame({"variant": pd.Series(dtype=str), "seed": pd.Series(dtype=int),
+                             "step": pd.Series(dtype=int), "loss": pd.Series(dtype=float)})
+    return pd.concat(frames, ignore_index=True)
 
 
 def _cell_row(path: Path, raw) -> dict:
@@ -111,11 +220,17 @@ def _cell_row(path: Path, raw) -> dict:
         raise BenchError(f"{path}: status must be 'ok' or 'failed', got {raw['status']!r}")
     train = raw.get("train_resolution") or {}
     options = raw.get("options") or {}
+    classes = num_classes_of(raw)
     return {
         "variant": str(raw["variant"]), "base_variant": str(raw["base_variant"]),
         "seed": int(raw["seed"]), "status": raw["status"], "reason": raw.get("reason") or "",
+        "title": display_name(str(raw["base_variant"]), str(raw["variant"])),
         "combine": str(options.get("combine", "sum")), "param_count": raw.get("param_count"),
         "train_min_side": train.get("min_side"), "train_max_side": train.get("max_side"),
+        "task": task_of(raw), "num_classes": classes, "chance": 1 / classes if classes else math.nan,
+        "final_train_loss": raw.get("final_train_loss"),
+        "time_s": (raw.get("train_time_s") or 0) + (raw.get("eval_time_s") or 0),
+        "device": raw.get("device"), "world_size": raw.get("world_size"),
     }
 
 
@@ -196,15 +311,19 @@ def _variant_table(cells: pd.DataFrame) -> pd.DataFrame:
         good = ok[ok["variant"] == variant]
         first = (good if len(good) else group).sort_values("seed").iloc[0]
         rows.append({
-            "variant": variant, "base_variant": first["base_variant"],
+            "variant": variant, "base_variant": first["base_variant"], "title": first["title"],
             "family": family_of(first["base_variant"]), "combine": first["combine"],
+            "about": _described(first["base_variant"], "summary"),
+            "paper": _described(first["base_variant"], "paper"),
             "param_count": first["param_count"], "seeds_ok": len(good),
             "seeds_failed": len(group) - len(good),
             "train_min_side": first["train_min_side"], "train_max_side": first["train_max_side"],
+            "task": first["task"], "chance": first["chance"],
         })
     table = pd.DataFrame(rows)
-    families = [name for name, _ in FAMILIES] + [OTHER_FAMILY]
     registry = {name: i for i, name in enumerate(list_variants())}  # learned, sincos, fourier...
+    declared = dict.fromkeys([*FAMILY_ORDER, *map(family_of, registry), *table["family"]])
+    families = [f for f in declared if f != OTHER_FAMILY] + [OTHER_FAMILY]
     combine_rank = {m: i for i, m in enumerate(COMBINE_MODES)}
     order = table.assign(
         _f=table["family"].map(families.index),

@@ -1,305 +1,251 @@
-"""The report's figures, sized for print with text of 8 pt or more at their own size, saved at
-300 dpi: the per-family small multiples (figures 1-4) span a page (7 in), the combine-mode figure
-fits one column (3.5 in).
+"""The report's figures, in a registry: each figure function is registered with its file stem, a
+short title and the condition under which the data allows it; its number is its place in the
+registry. Every figure is saved as PNG (300 dpi), PDF and SVG, names its task at the top, and
+every accuracy axis has a chance line.
 
-Colour = family (Okabe-Ito, colour-blind safe), the same in every figure; line style and marker
-tell variants of one family apart. Curves use square eval images only, so side length is the
-only thing that changes along a curve; aspect ratio has figures of its own (3 and 4).
+Curves over side length use square eval images only, so resolution is the only thing that
+changes along them; aspect ratio has figures of its own.
 """
 from __future__ import annotations
 
-import io
 import math
-import os
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import Normalize
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # files only; never a display
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter, NullLocator  # noqa: E402
+from .data import BASELINE, Results, display_name
+from .figstyle import (CHAR_IN, COLUMN_IN, FORMATS, MARKERS, PAGE_IN, RC, REFERENCE_GREY, Style,
+                       accuracy_ylim, aspect_axis, aspect_label, chance_line, chance_values,
+                       family_curves, family_panels, header, hide_unused, members, save, side_axis,
+                       styles, training_marks, training_sides)
+from .stats import CI_LEVEL, MIN_SEEDS_FOR_CI
+from .tables import (SUBSETS, combine_groups, counted, paired, per_seed, seeds_of, square_sides,
+                     stats_from, summary)
 
-from ..store import atomic_write  # noqa: E402
-from .data import OTHER_FAMILY, Results  # noqa: E402
-from .tables import SUBSETS, combine_groups, per_seed, seeds_of, square_sides  # noqa: E402
-
-DPI = 300
-COLUMN_IN = 3.5
-PAGE_IN = 7.0
-
-FAMILY_COLOURS = {  # Okabe & Ito (2008); grey for the no-embedding floor
-    "1D learned": "#000000",
-    "2D joint": "#CC79A7",
-    "factorized absolute": "#0072B2",
-    "factorized fractional": "#009E73",
-    "rope": "#D55E00",
-    "none": "#999999",
-    OTHER_FAMILY: "#E69F00",
-}
-LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
-MARKERS = ("o", "s", "^", "D", "v", "P")
-CHAR_IN = 0.07        # width of one 8 pt character (DejaVu Sans), for spacing tick labels
-PANEL_PLOT_IN = 2.0   # plot width of one family panel on a page-wide figure
-TRAIN_SHADE = "#e8e8e8"
-CONTEXT_GREY = "#cfcfcf"
-
-RC = {
-    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "xtick.labelsize": 8,
-    "ytick.labelsize": 8, "legend.fontsize": 8, "legend.title_fontsize": 8,
-    "figure.titlesize": 8, "axes.spines.top": False, "axes.spines.right": False,
-    "lines.linewidth": 1.2, "lines.markersize": 3.5, "legend.frameon": False,
-    "savefig.dpi": DPI, "font.family": "DejaVu Sans",
-}
-
-FIGURES = ("fig1_accuracy_vs_side.png", "fig2_relative_accuracy_vs_side.png",
-           "fig3_accuracy_heatmaps.png", "fig4_accuracy_vs_aspect.png", "fig5_combine_modes.png")
+Draw = Callable[[Results, dict[str, Style]], tuple[plt.Figure, str]]
 
 
 @dataclass(frozen=True)
-class Figure:
-    name: str     # file name under figures/
-    caption: str
+class FigureSpec:
+    stem: str    # file name without extension, under figures/
+    title: str   # a few words, e.g. for the README
+    draw: Draw   # -> the figure and its caption
+    skip: Callable[[Results], str | None]  # why the data allows no such figure; None: draw it
+    readme: bool  # one of the main figures the README shows
 
 
 @dataclass(frozen=True)
-class Style:
-    colour: str
-    linestyle: object
-    marker: str
-    short: str   # the label without its family prefix, for a legend titled by the prefix
+class Outcome:
+    number: int
+    spec: FigureSpec
+    caption: str = ""   # set when drawn
+    reason: str = ""    # set when not drawn
+
+    @property
+    def png(self) -> str:
+        return f"{self.spec.stem}.png"
 
 
-def styles(results: Results) -> dict[str, Style]:
-    """One style per variant label, fixed by display order so every figure agrees."""
-    out = {}
-    for family, group in results.variants.groupby("family", sort=False):
-        prefix = _family_prefix(group.index)
-        for i, variant in enumerate(group.index):
-            out[variant] = Style(FAMILY_COLOURS[family], LINESTYLES[i % len(LINESTYLES)],
-                                 MARKERS[i % len(MARKERS)], variant[len(prefix):] or variant)
-    return out
+REGISTRY: list[FigureSpec] = []
 
 
-def _family_prefix(labels) -> str:
-    """'factorized_abs_' for factorized_abs_learned, _sincos...; '' for a single label."""
-    if len(labels) < 2:
-        return ""
-    common = os.path.commonprefix(list(labels))
-    return common[: common.rfind("_") + 1]
+def figure(stem: str, title: str, skip: Callable[[Results], str | None] = lambda r: None,
+           readme: bool = False):
+    def register(draw: Draw) -> Draw:
+        REGISTRY.append(FigureSpec(stem, title, draw, skip, readme))
+        return draw
+    return register
 
 
-def write_figures(results: Results, folder: Path) -> list[Figure]:
-    """Draw every figure the data allows into ``folder``; stale files of ours are removed."""
+def write_figures(results: Results, folder: Path) -> list[Outcome]:
+    """Draw every registered figure the data allows into ``folder``, in registry order. The
+    folder is the report's own: any other figure file in it (one the data no longer allows, or
+    an earlier version's name) is removed, so no stale figure sits beside the current ones."""
     folder.mkdir(parents=True, exist_ok=True)
-    made = []
-    if results.ok_variants:
-        with plt.rc_context(RC):
-            st = styles(results)
-            made = [f for f in (
-                _fig_side(results, st, folder, relative=False),
-                _fig_side(results, st, folder, relative=True),
-                _fig_heatmaps(results, folder),
-                _fig_aspect(results, st, folder),
-                _fig_combine(results, folder),
-            ) if f is not None]
-    for name in set(FIGURES) - {f.name for f in made}:
-        (folder / name).unlink(missing_ok=True)
-    return made
+    outcomes = []
+    with plt.rc_context(RC):
+        st = styles(results)
+        for number, spec in enumerate(REGISTRY, 1):
+            reason = spec.skip(results) if results.ok_variants else "no successful cell"
+            if reason:
+                outcomes.append(Outcome(number, spec, reason=reason))
+                continue
+            fig, caption = spec.draw(results, st)
+            header(fig, results)
+            save(fig, folder, spec.stem)
+            outcomes.append(Outcome(number, spec, caption=f"{caption} {_task_sentence(results)}"))
+    drawn = {o.spec.stem for o in outcomes if o.caption}
+    for path in folder.iterdir():
+        if path.suffix[1:] in FORMATS and path.stem not in drawn:
+            path.unlink()
+    return outcomes
 
 
-def _save(fig, path: Path) -> None:
-    buffer = io.BytesIO()  # rendered in memory, then written in one atomic step
-    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.03)
-    plt.close(fig)
-    atomic_write(path, buffer.getvalue())
+def _task_sentence(results: Results) -> str:
+    return f"{results.task_text()}."
 
 
-# ---- shared panel layout: one panel per family -------------------------------------------------
-
-def _family_panels(results: Results):
-    """Page-wide small multiples, one per family with an ok variant, legends above the panels."""
-    families = list(dict.fromkeys(results.variants.loc[results.ok_variants, "family"]))
-    cols = min(3, len(families))
-    rows = math.ceil(len(families) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_IN, 2.25 * rows), sharex=True, sharey=True,
-                             squeeze=False, layout="constrained")
-    for ax in axes.flat[len(families):]:
-        ax.set_visible(False)
-    return fig, dict(zip(families, axes.flat))
+CHANCE_TEXT = "Dash-dot line: chance, 1 / the task's classes."
 
 
-def _members(results: Results, family: str) -> list[str]:
-    return [v for v in results.ok_variants if results.variants.loc[v, "family"] == family]
+def _interval_text(results: Results) -> str:
+    seeds = int(results.variants["seeds_ok"].max())
+    if seeds >= MIN_SEEDS_FOR_CI:
+        return (f"whiskers: {CI_LEVEL:.0%} t-interval over seeds (for variants with "
+                f"{MIN_SEEDS_FOR_CI} or more)")
+    return (f"no whiskers: a {CI_LEVEL:.0%} interval needs {MIN_SEEDS_FOR_CI} or more seeds, and "
+            f"this run has {counted(seeds, 'seed')} per variant")
 
 
-def _family_curves(ax, results: Results, family: str, curves: pd.DataFrame,
-                   st: dict[str, Style]) -> None:
-    """The family's variants in colour with ± std bands over the other families' means in grey."""
-    members = _members(results, family)
-    for variant in results.ok_variants:
-        if variant not in members and variant in curves.index:
-            c = curves.loc[variant]
-            ax.plot(c.index, c["mean"], color=CONTEXT_GREY, lw=0.6, zorder=1)
-    for variant in members:
-        if variant not in curves.index:
-            continue
-        c, s = curves.loc[variant], st[variant]
-        ax.plot(c.index, c["mean"], color=s.colour, ls=s.linestyle, marker=s.marker,
-                label=s.short, zorder=3)
-        ax.fill_between(c.index, c["mean"] - c["std"], c["mean"] + c["std"], color=s.colour,
-                        alpha=0.18, lw=0, zorder=2)
-    ax.grid(axis="y", color="#eeeeee", lw=0.5)
-    prefix = _family_prefix(members)
-    ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=2 if len(members) > 3 else 1,
-              title=f"{prefix}…" if prefix else None, alignment="left", handlelength=1.8,
-              columnspacing=0.8, borderaxespad=0.2, labelspacing=0.25, borderpad=0)
+def _rows_in(n: int) -> float:
+    return 0.16 * n + 0.2  # inches for n variant rows, one per line of 8 pt text, plus margins
 
 
-def _log2_axis(ax, values, preferred, label) -> None:
-    """Log2 x axis with a minor tick at every value and as many labels as fit without touching:
-    ``preferred`` values first, then the rest, each kept only if it clears the labels kept."""
-    values = sorted(values)
-    logs = {v: math.log2(v) for v in values}
-    octaves_per_inch = (logs[values[-1]] - logs[values[0]]) / PANEL_PLOT_IN
+# ---- ranked accuracy per regime --------------------------------------------------------------
 
-    def clear(a, b):  # half of each label's width plus a gap, in octaves
-        inches = (len(label(a)) + len(label(b))) / 2 * CHAR_IN + 0.08
-        return abs(logs[a] - logs[b]) >= inches * octaves_per_inch
-    kept = []
-    for v in [p for p in preferred if p in logs] + values:
-        if v not in kept and all(clear(v, k) for k in kept):
-            kept.append(v)
-    kept.sort()
-    ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(FixedLocator(kept))
-    ax.xaxis.set_major_formatter(FixedFormatter([label(v) for v in kept]))
-    ax.xaxis.set_minor_locator(FixedLocator(values))
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def _side_axis(ax, sides) -> None:
-    sides = sorted(sides)
-    _log2_axis(ax, sides, [sides[0], sides[-1]] + [s for s in sides if math.log2(s).is_integer()], str)
-
-
-def _aspect_axis(ax, aspects) -> None:
-    aspects = sorted(aspects)
-    _log2_axis(ax, aspects, [1.0, aspects[0], aspects[-1]], aspect_label)
-
-
-def _training_marks(ax, results: Results, variants: list[str]) -> None:
-    """Shade each distinct training side range of ``variants`` (a band even for a fixed
-    resolution) and mark the training-resolution eval side with a dotted line."""
-    info = results.variants.loc[variants]
-    for lo, hi in sorted(set(zip(info["train_min_side"], info["train_max_side"]))):
-        if pd.notna(lo) and pd.notna(hi):
-            ax.axvspan(lo / 1.03, hi * 1.03, color=TRAIN_SHADE, lw=0, zorder=0)
-    metrics = results.metrics
-    refs = metrics.loc[metrics["variant"].isin(variants) & metrics["at_train_res"], "side"]
-    for ref in sorted(refs.unique()):
-        ax.axvline(ref, color="#808080", lw=0.7, ls=":", zorder=1)
+@figure("ranking", "Accuracy per regime, variants ranked, with intervals", readme=True)
+def _ranking(results: Results, st: dict[str, Style]):
+    """Dots and whiskers, one panel per regime, each ranked on its own: the order is the point,
+    and it changes between regimes."""
+    table = summary(results).set_index("variant")
+    subsets = [s for s in SUBSETS if table[f"{s.key}_n"].gt(0).any()]
+    cols = 2
+    rows = math.ceil(len(subsets) / cols)
+    n = max(table[f"{s.key}_n"].gt(0).sum() for s in subsets)
+    # Each panel row: its variant rows plus a title and x tick labels; then header and x label.
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_IN, rows * (_rows_in(n) + 0.45) + 0.5),
+                             squeeze=False, sharex=True, layout="constrained")
+    hide_unused(axes, len(subsets))
+    chance = chance_values(results, results.ok_variants)
+    top = 0.0
+    for ax, subset in zip(axes.flat, subsets):
+        ranked = table[table[f"{subset.key}_n"] > 0].sort_values(f"{subset.key}_mean")
+        for y, (variant, r) in enumerate(ranked.iterrows()):
+            s = stats_from(r, subset.key)
+            _dot(ax, y, s, st[variant])
+            top = max(top, 100 * (s.mean if math.isnan(s.ci_high) else s.ci_high))
+        ax.set_yticks(range(len(ranked)), [results.title(v) for v in ranked.index])
+        ax.set_ylim(-0.6, len(ranked) - 0.4)
+        ax.set_title(subset.title, loc="left")
+        ax.grid(axis="x", color="#eeeeee", lw=0.5)
+        chance_line(ax, chance, vertical=True)  # unlabelled: a label would sit on the dots
+    for ax in axes.flat[:len(subsets)]:
+        ax.set_xlim(0, min(top, 100) + 3)
+    fig.supxlabel("top-1 accuracy (%)")
+    return fig, (f"Top-1 accuracy (%) per regime (the summary table's columns), variants ranked "
+                 f"within each panel, best at the top. Dots: mean over seeds; "
+                 f"{_interval_text(results)}. {CHANCE_TEXT}")
 
 
-# ---- figures 1 and 2: accuracy vs side ------------------------------------------------------
+def _dot(ax, y: float, s, style: Style, clip=(0, 100)) -> None:
+    """One mean (a fraction, drawn in %) with its CI as a horizontal whisker clipped to ``clip``
+    (a t-interval of few spread-out seeds can pass 0 or 100%), when there is one."""
+    if not math.isnan(s.ci_low):
+        low, high = np.clip([100 * s.ci_low, 100 * s.ci_high], *clip)
+        ax.plot([low, high], [y, y], color=style.colour, lw=1.1, solid_capstyle="butt", zorder=2)
+    ax.plot([100 * s.mean], [y], marker=style.marker, color=style.colour, ms=4.5, ls="none", zorder=3)
 
-def _fig_side(results: Results, st: dict[str, Style], folder: Path, relative: bool) -> Figure:
+
+# ---- paired differences against the baseline (forest plot) -----------------------------------
+
+def _no_baseline(results: Results) -> str | None:
+    if BASELINE not in results.ok_variants:
+        return f"`{BASELINE}`, the baseline, has no successful cell"
+    if len(results.ok_variants) < 2:
+        return "no variant besides the baseline"
+    return None
+
+
+@figure("paired_vs_baseline", f"Paired difference from {BASELINE}, with intervals", skip=_no_baseline,
+        readme=True)
+def _paired_vs_baseline(results: Results, st: dict[str, Style]):
+    fig = draw_forest(paired(results).set_index("variant"), results, st,
+                      f"difference from {results.title(BASELINE)} (percentage points, same seeds and "
+                      f"eval sizes)")
+    return fig, (f"Paired difference in top-1 accuracy from the baseline, "
+                 f"{results.title(BASELINE)} (`{BASELINE}`), in percentage points: per seed, the "
+                 f"variant minus the baseline on the same eval sizes, averaged over each regime. "
+                 f"Right of the line: better than the baseline. Dots: mean over seeds; "
+                 f"{_interval_text(results)} of the paired difference.")
+
+
+def draw_forest(table: pd.DataFrame, results: Results, st: dict[str, Style], xlabel: str):
+    """A forest plot of paired differences (diff_columns, indexed by variant): one panel per
+    regime, variants in rows sorted by the whole-grid difference, largest at the top."""
+    table = table.sort_values("grid_diff_mean")
+    subsets = [s for s in SUBSETS if table[f"{s.key}_diff_n"].gt(0).any()]
+    # Variant rows, plus two-line panel titles, x tick labels, the header and the x label.
+    fig, axes = plt.subplots(1, len(subsets), figsize=(PAGE_IN, _rows_in(len(table)) + 1.1),
+                             sharey=True, squeeze=False, layout="constrained")
+    for ax, subset in zip(axes[0], subsets):
+        ax.axvline(0, color=REFERENCE_GREY, lw=0.8, zorder=1)
+        for y, (variant, r) in enumerate(table.iterrows()):
+            _dot(ax, y, stats_from(r, f"{subset.key}_diff"), st[variant], clip=(-100, 100))
+        ax.set_title(textwrap.fill(subset.title, 14), loc="left")
+        ax.grid(axis="x", color="#eeeeee", lw=0.5)
+        ax.locator_params(axis="x", nbins=3)
+        ax.margins(x=0.12)  # room for a marker at either end
+        low, high = ax.get_xlim()
+        if high - low < 2:  # differences of nothing: show them on a readable +/- 1 pp scale
+            ax.set_xlim(min(low, -1), max(high, 1))
+    axes[0, 0].set_yticks(range(len(table)), [results.title(v) for v in table.index])
+    axes[0, 0].set_ylim(-0.6, len(table) - 0.4)
+    fig.supxlabel(xlabel)
+    return fig
+
+
+# ---- accuracy vs side ------------------------------------------------------------------------
+
+def _side_figure(results: Results, st: dict[str, Style], relative: bool):
     per = square_sides(results.metrics, relative=relative) * 100
     curves = per.groupby(["variant", "side"]).agg(["mean", "std"])
-    fig, panels = _family_panels(results)
+    fig, panels = family_panels(results)
+    sides = curves.index.get_level_values("side").unique()
     for family, ax in panels.items():
-        _training_marks(ax, results, _members(results, family))
+        training_marks(ax, results, members(results, family))
         if relative:
-            ax.axhline(100, color="#808080", lw=0.6, zorder=1)
-        _family_curves(ax, results, family, curves, st)
-        _side_axis(ax, curves.index.get_level_values("side").unique())
+            ax.axhline(100, color=REFERENCE_GREY, lw=0.6, zorder=1)
+        else:
+            chance_line(ax, chance_values(results, results.ok_variants), label="chance")
+        family_curves(ax, results, family, curves, st, clip=(0, None) if relative else (0, 100))
+        side_axis(ax, sides, training_sides(results, results.ok_variants))
     fig.supxlabel("eval side length (px, square images, log scale)")
-    if relative:
-        fig.supylabel("% of accuracy at training resolution")
-        name, what = FIGURES[1], ("Accuracy relative to each variant's own accuracy at the training "
-                                  "resolution (NaViT Fig. 10b), in %,")
-    else:
-        fig.supylabel("top-1 accuracy (%)")
-        name, what = FIGURES[0], "Top-1 accuracy (%)"
-    _save(fig, folder / name)
-    return Figure(name, f"{what} vs eval side length (px, log scale, square images), one panel "
-                        f"per family; other families in grey. Lines: mean over seeds; bands: ± 1 "
-                        f"std. Shaded: the training side range; dotted: the training resolution.")
+    if not relative:
+        accuracy_ylim(next(iter(panels.values())), (curves["mean"] + curves["std"].fillna(0)).max())
+    return fig
 
 
-# ---- figure 3: heatmaps over eval height x width --------------------------------------------
-
-def _fig_heatmaps(results: Results, folder: Path) -> Figure:
-    metrics = results.metrics
-    cells = metrics.groupby(["variant", "eval_height", "eval_width"])["accuracy"].mean() * 100
-    variants = results.ok_variants
-    cols = min(len(variants), 5)
-    rows = math.ceil(len(variants) / cols)
-    panel = (PAGE_IN - 0.6) / cols
-    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_IN, panel * rows + 0.5), squeeze=False,
-                             sharex=True, sharey=True, layout="constrained")
-    lw2, lh2 = np.log2(metrics["eval_width"]), np.log2(metrics["eval_height"])
-    lo, hi = min(lw2.min(), lh2.min()) - 0.5, max(lw2.max(), lh2.max()) + 0.5  # one square range
-    # Square markers as big as the closest pair of grid cells allows, so a dense grid tiles.
-    points = np.unique(np.stack([lw2, lh2], 1), axis=0)
-    gaps = [np.max(np.abs(points - p), axis=1) for p in points]
-    step = min((g[g > 0].min() for g in gaps if (g > 0).any()), default=1.0)
-    inches = panel * 0.8 * step / (hi - lo)
-    size = (inches * 72 * 0.92) ** 2
-    vmin, vmax = cells.min(), cells.max()
-    for ax, variant in zip(axes.flat, variants):
-        c = cells.loc[variant].reset_index()
-        lo_side, hi_side = results.variants.loc[variant, ["train_min_side", "train_max_side"]]
-        for area_side in {lo_side, hi_side}:  # the training range: sizes of equal area lie on a line
-            w = np.geomspace(2 ** lo, 2 ** hi, 50)
-            ax.plot(w, area_side ** 2 / w, color="#808080", lw=0.7, ls="--", zorder=1)
-        sc = ax.scatter(c["eval_width"], c["eval_height"], c=c["accuracy"], cmap="viridis",
-                        vmin=vmin, vmax=vmax, marker="s", s=size, linewidths=0, zorder=2)
-        ref = metrics[(metrics["variant"] == variant) & metrics["at_train_res"]]
-        if len(ref):
-            ax.scatter(ref["eval_width"].iloc[:1], ref["eval_height"].iloc[:1], marker="s",
-                       s=size * 1.15, facecolors="none", edgecolors="black", linewidths=1.0, zorder=3)
-        ax.set_title(_wrap(variant, 20))
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log", base=2)
-        ax.set_xlim(2 ** lo, 2 ** hi)
-        ax.set_ylim(2 ** lo, 2 ** hi)
-        ax.set_aspect("equal", adjustable="box")
-    for ax in axes.flat[len(variants):]:
-        ax.set_visible(False)
-    _pixel_ticks(axes[0, 0], metrics)
-    fig.supxlabel("eval width (px, log scale)")
-    fig.supylabel("eval height (px, log scale)")
-    fig.colorbar(sc, ax=axes, shrink=0.6, label="top-1 accuracy (%)", aspect=30)
-    _save(fig, folder / FIGURES[2])
-    return Figure(FIGURES[2], "Top-1 accuracy (%, mean over seeds) of every eval size, one panel "
-                              "per variant on one shared colour scale; x: eval width, y: eval height "
-                              "(px, log scale). Outlined: the training resolution; dashed: the training "
-                              "side range as equal-area lines (W x H = side²).")
+@figure("accuracy_vs_side", "Accuracy vs eval side length (square images); shaded: training range",
+        readme=True)
+def _accuracy_vs_side(results: Results, st: dict[str, Style]):
+    fig = _side_figure(results, st, relative=False)
+    fig.supylabel("top-1 accuracy (%)")
+    return fig, ("Top-1 accuracy (%) vs eval side length (px, log scale, square images), one panel "
+                 "per family; other families in grey. Lines: mean over seeds; bands: ± 1 std "
+                 "(clipped to 0-100%). Shaded: the training side range; dotted: the training "
+                 f"resolution. {CHANCE_TEXT}")
 
 
-def _wrap(label: str, width: int) -> str:
-    """Break a long label after the last '_' that keeps the first line within ``width``."""
-    cut = label.rfind("_", 0, width) + 1
-    return label if len(label) <= width or cut == 0 else label[:cut] + "\n" + label[cut:]
+@figure("relative_accuracy_vs_side", "Accuracy relative to the training resolution (NaViT Fig. 10b)")
+def _relative_accuracy_vs_side(results: Results, st: dict[str, Style]):
+    fig = _side_figure(results, st, relative=True)
+    fig.supylabel("% of accuracy at training resolution")
+    return fig, ("Accuracy relative to each variant's own accuracy at the training resolution "
+                 "(NaViT Fig. 10b), in %, vs eval side length (px, log scale, square images), one "
+                 "panel per family; other families in grey. Bands: ± 1 std over seeds. Shaded: the "
+                 "training side range; dotted: the training resolution. A variant near chance at "
+                 "its training resolution divides chance by chance here: read it with the "
+                 "accuracy figure, which has the chance line this ratio cannot have.")
 
 
-def _pixel_ticks(ax, metrics: pd.DataFrame) -> None:
-    """Powers of two from the grid's range as ticks (shared axes: every panel gets them)."""
-    lo = int(math.floor(math.log2(min(metrics["eval_width"].min(), metrics["eval_height"].min()))))
-    hi = int(math.ceil(math.log2(max(metrics["eval_width"].max(), metrics["eval_height"].max()))))
-    ticks = [2 ** k for k in range(lo, hi + 1)]
-    if len(ticks) > 4:
-        ticks = ticks[::2]
-    for axis in (ax.xaxis, ax.yaxis):
-        axis.set_major_locator(FixedLocator(ticks))
-        axis.set_major_formatter(FixedFormatter([str(t) for t in ticks]))
-        axis.set_minor_locator(NullLocator())
-
-
-# ---- figure 4: accuracy vs aspect ratio at a fixed token count ------------------------------
+# ---- accuracy vs aspect ratio at a fixed token count -----------------------------------------
 
 def aspect_side(metrics: pd.DataFrame) -> int | None:
     """The nominal side whose equal-area sizes span the most aspect ratios (ties: nearest the
@@ -314,63 +260,197 @@ def aspect_side(metrics: pd.DataFrame) -> int | None:
     return int(min(best, key=lambda s: (abs(math.log2(s / ref)), s)))
 
 
-def aspect_label(aspect: float) -> str:
-    return f"{aspect:.2g}:1" if aspect >= 1 else f"1:{1 / aspect:.2g}"
+def _no_aspects(results: Results) -> str | None:
+    if aspect_side(results.metrics) is None:
+        return "no group of equal-area eval sizes has two or more aspect ratios"
+    return None
 
 
-def _fig_aspect(results: Results, st: dict[str, Style], folder: Path) -> Figure | None:
+@figure("accuracy_vs_aspect", "Accuracy vs aspect ratio at a fixed token count", skip=_no_aspects,
+        readme=True)
+def _accuracy_vs_aspect(results: Results, st: dict[str, Style]):
     metrics = results.metrics
     side = aspect_side(metrics)
-    if side is None:
-        return None
     at_side = metrics[metrics["nominal_side"] == side]
     per = at_side.groupby(["variant", "seed", "aspect"])["accuracy"].mean() * 100
     curves = per.groupby(["variant", "aspect"]).agg(["mean", "std"])
-    aspects = sorted(at_side["aspect"].unique())
-    fig, panels = _family_panels(results)
+    fig, panels = family_panels(results)
+    first = next(iter(panels.values()))
     for family, ax in panels.items():
         ax.axvline(1, color="#b0b0b0", lw=0.8, zorder=0)
-        _family_curves(ax, results, family, curves, st)
-        _aspect_axis(ax, aspects)
+        chance_line(ax, chance_values(results, results.ok_variants), label="chance")
+        family_curves(ax, results, family, curves, st, clip=(0, 100))
+        aspect_axis(ax, at_side["aspect"].unique())
+    accuracy_ylim(first, (curves["mean"] + curves["std"].fillna(0)).max())
     tokens = sorted(at_side["num_tokens"].unique())
     token_text = f"{tokens[0]}" if len(tokens) == 1 else f"{tokens[0]}–{tokens[-1]}"
     fig.supxlabel(f"aspect ratio W:H (log scale) at {token_text} tokens ({side} px equal-area side)")
     fig.supylabel("top-1 accuracy (%)")
-    _save(fig, folder / FIGURES[3])
-    return Figure(FIGURES[3], f"Top-1 accuracy (%) vs aspect ratio W:H at a fixed token count: "
-                              f"eval sizes of equal area, side {side} px, {token_text} tokens. One "
-                              f"panel per family, other families in grey; bands: ± 1 std over seeds.")
+    return fig, (f"Top-1 accuracy (%) vs aspect ratio W:H at a fixed token count: eval sizes of "
+                 f"equal area, side {side} px, {token_text} tokens. One panel per family, other "
+                 f"families in grey; bands: ± 1 std over seeds (clipped to 0-100%). {CHANCE_TEXT}")
 
 
-# ---- figure 5: combine modes ----------------------------------------------------------------
+# ---- side x aspect heatmaps ------------------------------------------------------------------
 
-def _fig_combine(results: Results, folder: Path) -> Figure | None:
+HEAT_CELL_IN = (0.25, 0.17)  # width fits "100" at 8 pt; height one line of it
+
+
+def _heat_grid(results: Results) -> pd.Series:
+    """Mean accuracy (%) over seeds per (variant, nominal side, nominal aspect)."""
+    m = results.metrics.dropna(subset=["nominal_side"])
+    per = m.groupby(["variant", "seed", "nominal_side", "nominal_aspect"])["accuracy"].mean()
+    return per.groupby(["variant", "nominal_side", "nominal_aspect"]).mean() * 100
+
+
+def _no_heat_grid(results: Results) -> str | None:
+    grid = _heat_grid(results)
+    if grid.empty:
+        return "no eval size has an equal-area side near a square eval side to be filed under"
+    if len(grid.index.droplevel("variant").unique()) < 2:
+        return "the grid has a single eval size"
+    return None
+
+
+@figure("accuracy_heatmaps", "Accuracy over side x aspect ratio, per variant", skip=_no_heat_grid)
+def _heatmaps(results: Results, st: dict[str, Style]):
+    grid = _heat_grid(results)
+    sides = sorted(grid.index.get_level_values("nominal_side").unique())
+    aspects = sorted(grid.index.get_level_values("nominal_aspect").unique())
+    variants = [v for v in results.ok_variants if v in grid.index.get_level_values("variant")]
+    # A panel is at least wide enough for its title to wrap onto two lines.
+    panel_w, panel_h = max(len(aspects) * HEAT_CELL_IN[0], 1.15), len(sides) * HEAT_CELL_IN[1]
+    cols = max(1, min(len(variants), int((PAGE_IN - 1.1) // (panel_w + 0.18))))
+    rows = math.ceil(len(variants) / cols)
+    wrap = int((panel_w + 0.15) / CHAR_IN)
+    titles = {v: textwrap.fill(results.title(v), wrap, break_on_hyphens=False) for v in variants}
+    title_in = 0.14 * max(t.count("\n") + 1 for t in titles.values()) + 0.06
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_IN, rows * (panel_h + title_in + 0.25) + 0.5),
+                             squeeze=False, sharex=True, sharey=True, layout="constrained")
+    hide_unused(axes, len(variants))
+    top = min(100.0, math.ceil(grid.max() / 10) * 10)
+    norm = Normalize(0, top)
+    cmap = plt.get_cmap("viridis")
+    for ax, variant in zip(axes.flat, variants):
+        values = grid.loc[variant].unstack("nominal_aspect").reindex(index=sides, columns=aspects)
+        image = ax.imshow(values.to_numpy(), origin="lower", cmap=cmap, norm=norm, aspect="auto")
+        for (i, j), v in np.ndenumerate(values.to_numpy()):
+            if not math.isnan(v):
+                dark = sum(cmap(norm(v))[:3]) < 1.5  # light text on the dark end of viridis
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if dark else "black")
+        _heat_training(ax, results, variant, sides, aspects)
+        ax.set_title(titles[variant], loc="left")
+        ax.set_xticks(range(len(aspects)), [aspect_label(a) for a in aspects])
+        ax.set_yticks(range(len(sides)), [f"{s:.0f}" for s in sides])
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    fig.supxlabel("aspect ratio W:H")
+    fig.supylabel("equal-area side √(H×W) (px)")
+    chance = chance_values(results, variants)
+    bar = fig.colorbar(image, ax=axes, shrink=min(1.0, 2.5 / (rows * (panel_h + title_in))), aspect=25,
+                       label="top-1 accuracy (%, mean over seeds)" + ("; white: chance" if chance else ""))
+    for value in chance:
+        bar.ax.axhline(value, color="white", lw=1.5)
+    return fig, ("Top-1 accuracy (%, mean over seeds) on every eval size, one panel per variant on "
+                 "one colour scale: rows are the equal-area side sqrt(H x W), columns the aspect ratio "
+                 "W:H (sizes are rounded to whole patches, so e.g. 2:1 at 8 px is 12 x 8). The bar "
+                 "left of a panel spans the rows inside its training side range; the boxed cell is "
+                 "the training resolution. The colour bar marks chance.")
+
+
+def _heat_training(ax, results: Results, variant: str, sides: list[float], aspects: list[float]) -> None:
+    lo, hi = results.variants.loc[variant, ["train_min_side", "train_max_side"]]
+    inside = [i for i, s in enumerate(sides) if pd.notna(lo) and lo <= s <= hi]
+    if inside:
+        ax.plot([-0.62, -0.62], [inside[0] - 0.45, inside[-1] + 0.45], color="black", lw=2.0,
+                solid_capstyle="butt", clip_on=False)
+    m = results.metrics
+    ref = m[(m["variant"] == variant) & m["at_train_res"]]
+    if len(ref) and ref["nominal_side"].iloc[0] in sides and ref["nominal_aspect"].iloc[0] in aspects:
+        i, j = sides.index(ref["nominal_side"].iloc[0]), aspects.index(ref["nominal_aspect"].iloc[0])
+        for colour, width in (("white", 2.6), ("black", 1.1)):  # visible on dark and light cells
+            ax.add_patch(Rectangle((j - 0.45, i - 0.45), 0.9, 0.9, fill=False, ec=colour, lw=width))
+
+
+# ---- combine modes ---------------------------------------------------------------------------
+
+def _no_combine(results: Results) -> str | None:
+    return None if combine_groups(results) else "no factorized variant was run with more than one combine mode"
+
+
+@figure("combine_modes", "Combine modes of the factorized embedding", skip=_no_combine)
+def _combine(results: Results, st: dict[str, Style]):
     """Dots and whiskers rather than bars: the modes differ by a few points, which bars from 0
     would hide and bars from a cut axis would misstate."""
     groups = combine_groups(results)
-    if not groups:
-        return None
     values = {s.key: per_seed(results.metrics, s) * 100 for s in SUBSETS}
-    fig, axes = plt.subplots(len(groups), 1, figsize=(COLUMN_IN, 2.2 * len(groups)), squeeze=False,
+    fig, axes = plt.subplots(len(groups), 1, figsize=(COLUMN_IN, 2.3 * len(groups)), squeeze=False,
                              layout="constrained")
-    for ax, (base, labels) in zip(axes[:, 0], groups.items()):
-        colour = FAMILY_COLOURS[results.variants.loc[labels[0], "family"]]
+    top = 0.0
+    for ax, labels in zip(axes[:, 0], groups.values()):
+        colour = st[labels[0]].colour
         offset = 0.6 / len(labels)
+        chance_line(ax, chance_values(results, labels), label="chance")
         for i, label in enumerate(labels):
             per = [seeds_of(values[s.key], label) for s in SUBSETS]
-            means = [v.mean() if len(v) else np.nan for v in per]
-            errs = [v.std(ddof=1) if len(v) >= 2 else 0 for v in per]
+            means = np.array([v.mean() if len(v) else np.nan for v in per])
+            errs = np.array([v.std(ddof=1) if len(v) >= 2 else 0 for v in per])
+            low, high = np.clip(means - errs, 0, 100), np.clip(means + errs, 0, 100)
+            top = max(top, np.nanmax(high))
             x = np.arange(len(SUBSETS)) + (i - (len(labels) - 1) / 2) * offset
-            ax.errorbar(x, means, yerr=errs, color=colour, marker=MARKERS[i % len(MARKERS)],
-                        ls="none", ms=4.5, mfc="white" if i else colour, elinewidth=0.9, capsize=2,
-                        label=results.variants.loc[label, "combine"])
+            ax.errorbar(x, means, yerr=[means - low, high - means], color=colour,
+                        marker=MARKERS[i % len(MARKERS)], ls="none", ms=4.5, mfc="white" if i else colour,
+                        elinewidth=0.9, capsize=2, label=results.variants.loc[label, "combine"])
         ax.set_xticks(np.arange(len(SUBSETS)), [s.short for s in SUBSETS])
         ax.set_xlim(-0.5, len(SUBSETS) - 0.5)
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(axis="y", color="#eeeeee", lw=0.5)
-        ax.legend(title=f"{base}, combine:", ncol=len(labels), loc="lower left",
-                  bbox_to_anchor=(0, 1.0), alignment="left", borderpad=0, handletextpad=0.3)
-    _save(fig, folder / FIGURES[4])
-    return Figure(FIGURES[4], "Combine modes of the factorized embedding (sum / stack / product): "
-                              "top-1 accuracy (%) over the same cell groups as the summary table; "
-                              "dots: mean over seeds, whiskers: ± 1 std.")
+        base = results.variants.loc[labels[0], "base_variant"]
+        ax.legend(title=f"{display_name(base, base)}, combine:",
+                  ncol=len(labels), loc="lower left", bbox_to_anchor=(0, 1.0), alignment="left",
+                  borderpad=0, handletextpad=0.3)
+    for ax in axes[:, 0]:
+        accuracy_ylim(ax, top)
+    return fig, ("Combine modes of the factorized embedding (sum / stack / product): top-1 accuracy "
+                 "(%) over the same cell groups as the summary table; dots: mean over seeds, "
+                 f"whiskers: ± 1 std (clipped to 0-100%). {CHANCE_TEXT}")
+
+
+# ---- training loss ---------------------------------------------------------------------------
+
+def _no_losses(results: Results) -> str | None:
+    return None if len(results.losses) else "no cell stores its training losses"
+
+
+def smoothed_losses(results: Results) -> pd.DataFrame:
+    """Mean and std over seeds per (variant, step) of each seed's loss, smoothed by a centred
+    moving average over 4% of the steps: one batch's loss is too noisy to read."""
+    losses = results.losses.sort_values(["variant", "seed", "step"])
+    window = max(1, round(losses["step"].max() / 25))
+    smooth = losses.groupby(["variant", "seed"])["loss"].transform(
+        lambda x: x.rolling(window, center=True, min_periods=1).mean())
+    return losses.assign(loss=smooth).groupby(["variant", "step"])["loss"].agg(["mean", "std"])
+
+
+@figure("training_loss", "Training loss per variant", skip=_no_losses)
+def _training_loss(results: Results, st: dict[str, Style]):
+    curves = smoothed_losses(results)
+    fig, panels = family_panels(results)
+    classes = results.cells["num_classes"].dropna().unique()
+    first = next(iter(panels.values()))
+    for family, ax in panels.items():
+        for k in classes:
+            chance_line(ax, [math.log(k)], label=f"chance: ln {int(k)}")
+        family_curves(ax, results, family, curves, st, clip=(0, None), markers=False)
+    # The range the curves and the chance line use: the loss has no natural floor worth showing.
+    spread = curves["std"].fillna(0)
+    low = min([(curves["mean"] - spread).min(), *(math.log(k) for k in classes)])
+    high = max([(curves["mean"] + spread).max(), *(math.log(k) for k in classes)])
+    first.set_ylim(max(0.0, low - 0.08 * (high - low)), high + 0.08 * (high - low))
+    fig.supxlabel("training step")
+    fig.supylabel("training loss (cross-entropy)")
+    return fig, ("Training loss (cross-entropy) per step, smoothed by a centred moving average over "
+                 "4% of the steps; lines: mean over seeds, bands: ± 1 std. One panel per family, "
+                 "other families in grey. The dash-dot line is the loss of a uniform guess, "
+                 "ln(classes): a curve that stays on it did not learn.")

@@ -12,7 +12,8 @@ import math
 import pandas as pd
 
 from .data import BASELINE, Results
-from .tables import SUBSET, Subset, combine_groups, per_seed, seeds_of, signed_pp, square_sides
+from .tables import (SUBSET, Subset, combine_groups, counted, per_seed, seeds_of, signed_pp,
+                     square_sides)
 
 MAX_NAMED = 4  # a tie among more variants is summarised, not listed
 TARGET_RATIO = 4.0  # retention is reported at the grid side nearest 4x the training side
@@ -75,9 +76,10 @@ def _basis(results: Results) -> str:
     m = results.metrics
     n_variants, n_cells = len(results.ok_variants), m.groupby(["eval_height", "eval_width"]).ngroups
     seeds = sorted(set(results.variants.loc[results.ok_variants, "seeds_ok"]))
-    seed_text = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]}"
-    text = (f"{n_variants} variants with {seed_text} seeds each were evaluated on {n_cells} eval "
-            f"sizes (sides {m['side'].min()}–{m['side'].max()} px).")
+    seed_text = counted(seeds[0], "seed") if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds"
+    text = (f"{counted(n_variants, 'variant')} with {seed_text} each "
+            f"{'was' if n_variants == 1 else 'were'} evaluated on {counted(n_cells, 'eval size')} "
+            f"(sides {m['side'].min()}–{m['side'].max()} px).")
     if len(results.failed):
         text += (f" {len(results.failed)} cell(s) failed and are left out of every number "
                  f"(the report lists them with their reasons).")

@@ -1,8 +1,10 @@
-"""The report's tables, computed from metrics.csv rows: summary, paired vs baseline, NaViT Fig. 10a.
+"""The report's tables, computed from metrics.csv rows: summary, paired vs baseline, per seed,
+NaViT Fig. 10a.
 
 Every statistic is two-level: first one value per (variant, seed), e.g. the mean accuracy over
 the seed's grid cells, then mean / std / CI of those values over seeds. Accuracies stay
-fractions (0..1) in the CSV files, like metrics.csv, and become percentages only for display.
+fractions (0..1) in the CSV files, like metrics.csv, and become percentages only for display;
+navit_fig10a.csv alone is in percent, the unit of the paper's numbers it sits beside.
 """
 from __future__ import annotations
 
@@ -89,7 +91,8 @@ def summary(results: Results) -> pd.DataFrame:
     cell_means = metrics.groupby(["variant", "eval_height", "eval_width"])["accuracy"].mean()
     rows = []
     for variant, info in results.variants.iterrows():
-        row = {"variant": variant, "base_variant": info["base_variant"], "family": info["family"],
+        row = {"variant": variant, "title": info["title"], "base_variant": info["base_variant"],
+               "family": info["family"],
                "param_count": info["param_count"], "seeds_ok": info["seeds_ok"],
                "seeds_failed": info["seeds_failed"]}
         for key, series in values.items():
@@ -114,11 +117,7 @@ def _worst_cell(metrics: pd.DataFrame, cell_means: pd.Series, variant: str) -> d
 
 
 def paired(results: Results, baseline: str = BASELINE) -> pd.DataFrame | None:
-    """Each variant minus the baseline on the same (seed, eval size) cells; None without baseline.
-
-    Per subset: the per-seed mean difference, its stats over seeds, and how many seeds the
-    variant was better / worse in ("consistent" = every paired seed, at least 2, has one sign).
-    """
+    """Each variant minus the baseline on the same (seed, eval size) cells; None without baseline."""
     metrics = results.metrics
     base = metrics[metrics["variant"] == baseline]
     if base.empty:
@@ -131,14 +130,38 @@ def paired(results: Results, baseline: str = BASELINE) -> pd.DataFrame | None:
         pairs = metrics[metrics["variant"] == variant].merge(
             base[keys + ["accuracy"]], on=keys, suffixes=("", "_base"))
         pairs = pairs.assign(diff=pairs["accuracy"] - pairs["accuracy_base"])
-        row = {"variant": variant, "baseline": baseline}
-        for subset in SUBSETS:
-            diffs = seeds_of(per_seed(pairs, subset, "diff"), variant)
-            better, worse = int((diffs > 0).sum()), int((diffs < 0).sum())
-            row.update(stats_columns(f"{subset.key}_diff", seed_stats(diffs)))
-            row.update({f"{subset.key}_seeds_better": better, f"{subset.key}_seeds_worse": worse,
-                        f"{subset.key}_consistent": len(diffs) >= 2 and len(diffs) in (better, worse)})
-        rows.append(row)
+        rows.append({"variant": variant, "title": results.title(variant), "baseline": baseline,
+                     **diff_columns(pairs, variant)})
+    return pd.DataFrame(rows)
+
+
+def diff_columns(pairs: pd.DataFrame, variant: str) -> dict:
+    """Per subset, from paired eval rows with a ``diff`` column: the per-seed mean difference, its
+    stats over seeds, and how many seeds the difference was positive / negative in
+    ("consistent" = every paired seed, at least 2, has one sign)."""
+    row = {}
+    for subset in SUBSETS:
+        diffs = seeds_of(per_seed(pairs, subset, "diff"), variant)
+        better, worse = int((diffs > 0).sum()), int((diffs < 0).sum())
+        row.update(stats_columns(f"{subset.key}_diff", seed_stats(diffs)))
+        row.update({f"{subset.key}_seeds_better": better, f"{subset.key}_seeds_worse": worse,
+                    f"{subset.key}_consistent": len(diffs) >= 2 and len(diffs) in (better, worse)})
+    return row
+
+
+def by_seed(results: Results) -> pd.DataFrame:
+    """One row per cell (variant x seed, failed ones too): its final training loss and its mean
+    accuracy over each subset, the per-seed values every mean over seeds is taken of."""
+    values = {s.key: per_seed(results.metrics, s) for s in SUBSETS}
+    cells = results.cells.set_index(["variant", "seed"])
+    rows = []
+    for variant in results.variants.index:
+        for seed in sorted(cells.loc[variant].index):
+            cell = cells.loc[(variant, seed)]
+            rows.append({"variant": variant, "title": results.title(variant), "seed": seed,
+                         "status": cell["status"], "final_train_loss": cell["final_train_loss"],
+                         **{f"{key}_accuracy": series.get((variant, seed), math.nan)
+                            for key, series in values.items()}})
     return pd.DataFrame(rows)
 
 
@@ -161,14 +184,28 @@ def fig10a(results: Results) -> tuple[pd.DataFrame, list[int]]:
     for variant in results.ok_variants:
         info = results.variants.loc[variant]
         paper = PUBLISHED_FIG10A.get((info["base_variant"], info["combine"]), (math.nan, math.nan))
-        rows.append({"variant": variant,
+        rows.append({"variant": variant, "title": info["title"],
                      **stats_columns("average", seed_stats(seeds_of(average, variant))),
                      **stats_columns("best", seed_stats(seeds_of(best, variant))),
                      "navit_paper_average": paper[0], "navit_paper_best": paper[1]})
     return pd.DataFrame(rows), sorted(by_side.index.get_level_values("side").unique().tolist())
 
 
+def fig10a_csv(table: pd.DataFrame) -> pd.DataFrame:
+    """navit_fig10a.csv: our accuracies in percent, the unit of the paper's columns beside them;
+    the _pct suffix keeps a script that read the former fractions from misreading them."""
+    ours = [c for c in table.columns if c.startswith(("average_", "best_")) and not c.endswith("_n")]
+    paper = [c for c in table.columns if c.startswith("navit_paper_")]
+    out = table.assign(**{c: 100 * table[c] for c in ours})
+    return out.rename(columns={c: f"{c}_pct" for c in ours + paper})
+
+
 # ---- display -------------------------------------------------------------------------------
+
+def counted(n: int, noun: str) -> str:
+    """'1 seed', '3 seeds'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
 
 def fmt_pct(st: SeedStats, ci: bool = True) -> str:
     """An accuracy as percent: '71.3 ± 0.4 [70.3, 72.3]' (std and CI only where defined; the
@@ -205,7 +242,7 @@ def summary_table(table: pd.DataFrame) -> Table:
         worst = fmt_pct(stats_from(r, "worst"), ci=False)
         worst = f"{worst} @ {r['worst_cell']}" if r["worst_cell"] else worst
         rank = "" if pd.isna(r["rank"]) else str(r["rank"])
-        rows.append([rank, f"`{r['variant']}`", params, seeds, *cells, worst])
+        rows.append([rank, r["title"], params, seeds, *cells, worst])
     return Table(header, rows, align="llrr" + "r" * len(SUBSETS) + "r")
 
 
@@ -225,7 +262,7 @@ def paired_table(table: pd.DataFrame) -> Table:
                 text += f" ({agree}/{n} {sign})"
             cells.append(text)
         verdict = "n/a (1 seed)" if r["grid_diff_n"] < 2 else ("yes" if r["grid_consistent"] else "no")
-        rows.append([f"`{r['variant']}`", *cells, verdict])
+        rows.append([r["title"], *cells, verdict])
     return Table(header, rows, align="l" + "r" * len(SUBSETS) + "l")
 
 
@@ -235,6 +272,20 @@ def fig10a_table(table: pd.DataFrame) -> Table:
     for _, r in table.iterrows():
         paper = ("" if math.isnan(r["navit_paper_average"])
                  else f"{r['navit_paper_average']:.1f} / {r['navit_paper_best']:.1f}")
-        rows.append([f"`{r['variant']}`", fmt_pct(stats_from(r, "average"), ci=False),
+        rows.append([r["title"], fmt_pct(stats_from(r, "average"), ci=False),
                      fmt_pct(stats_from(r, "best"), ci=False), paper])
     return Table(header, rows, align="lrrr")
+
+
+def by_seed_table(table: pd.DataFrame) -> Table:
+    header = ["variant", "seed", "final training loss", *(s.title for s in SUBSETS)]
+    rows = []
+    for _, r in table.iterrows():
+        if r["status"] != "ok":
+            rows.append([r["title"], str(r["seed"]), "failed", *("" for _ in SUBSETS)])
+            continue
+        loss = "n/a" if pd.isna(r["final_train_loss"]) else f"{r['final_train_loss']:.3f}"
+        accs = ["n/a" if math.isnan(r[f"{s.key}_accuracy"]) else f"{100 * r[f'{s.key}_accuracy']:.1f}"
+                for s in SUBSETS]
+        rows.append([r["title"], str(r["seed"]), loss, *accs])
+    return Table(header, rows, align="lrr" + "r" * len(SUBSETS))
