@@ -6,12 +6,14 @@ embedding contributes either an additive vector per token (``additive``) or rota
 the queries and keys of every layer (``rotary``); NoPE contributes neither.
 
 Adding a variant: write one small class, decorate it with ``@register("name")``, and add one
-line to docs/embeddings.md.
+line to docs/embeddings.md. An option whose right value depends on the experiment's grids (a
+table's size) gets its default from the class's ``grid_defaults`` hook.
 """
 from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -37,11 +39,11 @@ def list_variants() -> list[str]:
 
 def variant_options(name: str) -> dict[str, object]:
     """The keyword options a variant accepts, with their defaults."""
-    params = inspect.signature(_lookup(name).__init__).parameters
+    params = inspect.signature(variant_class(name).__init__).parameters
     return {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
 
 
-def _lookup(name: str) -> type["PositionalEmbedding"]:
+def variant_class(name: str) -> type["PositionalEmbedding"]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(_REGISTRY)}")
     return _REGISTRY[name]
@@ -53,7 +55,19 @@ def build_posembed(name: str, dim: int, heads: int, depth: int, **options) -> "P
     if unknown:
         valid = ", ".join(allowed) or "none"
         raise ValueError(f"variant {name!r} got unknown option(s) {', '.join(unknown)}; valid options: {valid}")
-    return _lookup(name)(dim, heads, depth, **options)
+    return variant_class(name)(dim, heads, depth, **options)
+
+
+@dataclass(frozen=True)
+class GridLimits:
+    """The patch grids an experiment gives a variant, in patches per side."""
+    largest_train: int   # longest side of any training image
+    largest_eval: int    # longest side of any eval image
+    reference: int       # side of the square grid that stands for the training resolution
+
+    @property
+    def largest(self) -> int:
+        return max(self.largest_train, self.largest_eval)
 
 
 class PositionalEmbedding(nn.Module):
@@ -63,6 +77,12 @@ class PositionalEmbedding(nn.Module):
     def __init__(self, dim: int, heads: int, depth: int):
         super().__init__()
         self.dim, self.heads, self.depth = dim, heads, depth
+
+    @classmethod
+    def grid_defaults(cls, grids: GridLimits) -> dict[str, object]:
+        """Defaults of options that depend on the experiment's grids; the config can override
+        each. A table-based variant sizes its table here."""
+        return {}
 
     def additive(self, coords: Tensor, grids: Tensor) -> Tensor | None:
         """[T, dim] added to the patch embeddings, or None."""
@@ -102,6 +122,11 @@ class ViT1DInterp(PositionalEmbedding):
         self.base_grid = _pair(base_grid)
         self.table = _normal_table(self.base_grid[0] * self.base_grid[1], dim)
 
+    @classmethod
+    def grid_defaults(cls, grids):
+        # The table a vanilla ViT trained at the reference resolution would have.
+        return {"base_grid": grids.reference}
+
     def additive(self, coords, grids):
         # Resize once per distinct grid, not once per image (many images share a size).
         unique, inverse = torch.unique(grids, dim=0, return_inverse=True)
@@ -129,6 +154,12 @@ class Pix2StructJoint2D(PositionalEmbedding):
         super().__init__(dim, heads, depth)
         self.max_grid = _pair(max_grid)
         self.table = _normal_table(*self.max_grid, dim)
+
+    @classmethod
+    def grid_defaults(cls, grids):
+        # Every grid the experiment meets has its rows, so unseen coordinates stay at their
+        # initial values rather than crash: that failure is what the benchmark measures.
+        return {"max_grid": grids.largest}
 
     def additive(self, coords, grids):
         self._check_grid(grids, *self.max_grid)
@@ -227,6 +258,10 @@ class FactorizedAbsLearned(Factorized):
     def __init__(self, dim, heads, depth, *, combine: str = "sum", max_grid: int = 32):
         super().__init__(dim, heads, depth, combine, lambda d: _AxisLearned(d, max_grid))
         self.max_grid = max_grid
+
+    @classmethod
+    def grid_defaults(cls, grids):
+        return {"max_grid": grids.largest}   # as pix2struct_2d's
 
     def additive(self, coords, grids):
         self._check_grid(grids, self.max_grid, self.max_grid)

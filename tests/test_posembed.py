@@ -3,12 +3,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.posembed import build_posembed, list_variants
+from bench.posembed import GridLimits, build_posembed, list_variants, variant_class, variant_options
 
 DIM, HEADS, DEPTH = 32, 2, 2
+
+
+def reads_positions(variant: str) -> bool:
+    pos = build_posembed(variant, DIM, HEADS, DEPTH)
+    coords, grids = torch.tensor([[0, 1]]), torch.tensor([[2, 2]])
+    return pos.additive(coords, grids) is not None or pos.rotary(coords, grids) is not None
+
+
+# Derived from the registry, so a new variant is tested without editing this file.
 FRACTIONAL = [v for v in list_variants() if "_frac_" in v]
-ABSOLUTE = ["pix2struct_2d", "factorized_abs_learned", "factorized_abs_sincos", "factorized_abs_fourier",
-            "rope_axial", "rope_mixed"]
+RESIZED = [v for v in list_variants() if "base_grid" in variant_options(v)]   # one table resized to each grid
+ABSOLUTE = [v for v in list_variants() if v not in FRACTIONAL + RESIZED and reads_positions(v)]
 
 
 def embed(pos, coords, grids):
@@ -41,6 +50,14 @@ def test_absolute_equal_at_equal_index(variant):
     b = embed(pos, [[0, 1], [3, 2], [2, 5]], [[9, 2], [20, 31], [30, 6]])
     torch.testing.assert_close(a, b, atol=0, rtol=0)
     assert not torch.allclose(a[0], a[1])
+
+
+def test_tables_are_sized_by_their_grid_defaults_hook():
+    grids = GridLimits(largest_train=6, largest_eval=9, reference=3)
+    assert variant_class("pix2struct_2d").grid_defaults(grids) == {"max_grid": 9}
+    assert variant_class("factorized_abs_learned").grid_defaults(grids) == {"max_grid": 9}
+    assert variant_class("vit_1d_interp").grid_defaults(grids) == {"base_grid": 3}
+    assert variant_class("rope_axial").grid_defaults(grids) == {}, "the base class's: nothing depends on the grids"
 
 
 def test_vit_1d_interp_on_its_base_grid_is_the_table():
