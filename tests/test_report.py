@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import os
@@ -18,11 +19,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
+from bench.config import ResolutionConfig
 from bench.errors import BenchError
+from bench.evaluate import Score
+from bench.plan import EvalPoint, TrainResolution
 from bench.report import update_readme, write_report
 from bench.report.__main__ import main as cli_main
 from bench.report.data import family_of, load_results
-from bench.store import METRICS_COLUMNS
+from bench.report.tables import summary
+from bench.store import METRICS_COLUMNS, CellRecord, EvalRow, Store
 from bench.report.figures import FIGURES, PANEL_PLOT_IN, RC, _aspect_axis, _side_axis, styles
 from bench.report.findings import clearly_better, retention_sides, write_findings
 from bench.report.readme import END, README_FIGURES, START
@@ -31,8 +36,9 @@ from bench.report.tables import paired, paired_table
 PATCH = 8
 SIDES = (32, 48, 64, 96, 128, 192, 256)
 ASPECTS = (0.25, 0.5, 1.0, 2.0, 4.0)
-TRAIN = {"mode": "navit", "min_side": 48, "max_side": 96}
-REF_SIDE = 64
+TRAIN = TrainResolution("navit", 48, 96, reference_side=64)
+REF_SIDE = TRAIN.reference_side
+BASELINE = "vit_1d_interp"
 
 # label -> (base, combine, peak accuracy, loss per octave above / below range, per octave of aspect)
 PROFILES = {
@@ -64,8 +70,9 @@ def grid(sides=SIDES, aspects=ASPECTS):
 
 
 def make_store(out: Path, profiles=None, seeds=(0, 1, 2), failed=(), accuracy=None, noise=0.01,
-               sides=SIDES, aspects=ASPECTS):
-    """A results store like the runner's. ``failed``: (label, seed) pairs written as failed cells.
+               sides=SIDES, aspects=ASPECTS, task="abs_position"):
+    """A results store like the runner's, of the store's CellRecords. ``failed``: (label, seed)
+    pairs written as failed cells.
 
     ``accuracy(label, seed, h, w)`` overrides the profile model (for hand-built cases).
     """
@@ -80,38 +87,35 @@ def make_store(out: Path, profiles=None, seeds=(0, 1, 2), failed=(), accuracy=No
             evals = []
             for h, w in grid(sides, aspects) if ok else []:
                 side = round(math.sqrt(h * w))
-                rng_name = ("below" if side < TRAIN["min_side"]
-                            else "above" if side > TRAIN["max_side"] else "in")
+                rng_name = ("below" if side < TRAIN.min_side
+                            else "above" if side > TRAIN.max_side else "in")
                 if accuracy is not None:
                     acc = accuracy(label, seed, h, w)
                 else:
-                    acc = (peak + offset - above * max(0.0, math.log2(side / TRAIN["max_side"]))
-                           - below * max(0.0, math.log2(TRAIN["min_side"] / side))
+                    acc = (peak + offset - above * max(0.0, math.log2(side / TRAIN.max_side))
+                           - below * max(0.0, math.log2(TRAIN.min_side / side))
                            - aspect_loss * abs(math.log2(w / h)) + rng.normal(0, noise / 2))
                     acc = float(np.clip(acc, 0.01, 1.0))
-                evals.append({
-                    "variant": label, "base_variant": base, "seed": seed, "eval_height": h,
-                    "eval_width": w, "aspect": w / h, "side": side,
-                    "num_tokens": (h // PATCH) * (w // PATCH), "accuracy": acc,
-                    "loss": -math.log(max(acc, 1e-3)), "in_train_range": rng_name == "in",
-                    "train_range": rng_name, "at_train_res": h == w == REF_SIDE})
-            cell = {
-                "variant": label, "base_variant": base,
-                "options": {"combine": combine} if combine else {}, "seed": seed,
-                "config_hash": "abc123", "status": "ok" if ok else "failed",
-                "reason": None if ok else "loss became NaN at step 40",
-                "param_count": 100_000 + 1_000 * len(label), "train_time_s": 12.5,
-                "tokens_seen": 10_000, "images_seen": 500, "steps": 50,
-                "final_train_loss": 1.0, "train_resolution": TRAIN, "eval": evals}
-            (out / "cells" / f"{label}__{seed}.json").write_text(json.dumps(cell))
-            rows += evals
-    pd.DataFrame(rows).to_csv(out / "metrics.csv", index=False)
+                point = EvalPoint(h, w, w / h, side, (h // PATCH) * (w // PATCH), rng_name == "in", rng_name,
+                                  h == w == REF_SIDE)
+                evals.append(EvalRow(point, Score(acc, -math.log(max(acc, 1e-3)))))
+            cell = CellRecord(
+                variant=label, base_variant=base, options={"combine": combine} if combine else {},
+                resolution=ResolutionConfig(min_side=TRAIN.min_side, max_side=TRAIN.max_side), task=task,
+                seed=seed, config_hash="abc123", status="ok" if ok else "failed",
+                reason=None if ok else "loss became NaN at step 40", num_classes=9,
+                param_count=100_000 + 1_000 * len(label), train_time_s=12.5, eval_time_s=1.5, tokens_seen=10_000,
+                images_seen=500, steps=50, final_train_loss=1.0 if ok else None, train_resolution=TRAIN,
+                device="cpu", world_size=1, train_losses=[1.0] * 50, eval=evals, config={})
+            (out / "cells" / f"{label}__{seed}.json").write_text(json.dumps(cell.to_json()))
+            rows += [{"variant": label, "base_variant": base, "seed": seed, **row.to_json()} for row in evals]
+    pd.DataFrame(rows, columns=METRICS_COLUMNS).to_csv(out / "metrics.csv", index=False)
     return out
 
 
 # ---- one full report, shared by the tests that only read it ---------------------------------
 
-CONFIG = {"model": {"dim": 64, "depth": 4}, "seeds": [0, 1, 2], "eval": {"sides": list(SIDES)}}
+CONFIG = {"model": {"dim": 64, "depth": 4}, "seeds": [0, 1, 2], "eval": {"sides": list(SIDES)}, "baseline": BASELINE}
 ENV = {"torch": "2.14.1", "device": "cpu", "commit": "0123abc", "python": "3.11.9", "cpu": "2 cores"}
 FAILED = ("rope_mixed", 2)
 
@@ -209,7 +213,7 @@ def test_fig10a_table_is_average_and_best_over_square_sizes(report):
 def test_every_output_is_written_atomically(report):
     out, replaced = report
     outputs = ["summary.csv", "summary.md", "paired_vs_baseline.csv", "navit_fig10a.csv",
-               "report.md", "report.html"] + [f"figures/{name}" for name in FIGURES]
+               "report.md", "report.html", "config.json"] + [f"figures/{name}" for name in FIGURES]
     for name in outputs:
         assert (out / name).is_file(), name
     assert {p.resolve() for p in replaced} == {(out / n).resolve() for n in outputs}
@@ -258,7 +262,7 @@ def _profiles(*labels):
 def _results(tmp_path, labels, accuracy, seeds=(0, 1, 2), sides=(32, 64, 128, 256), aspects=(1.0,)):
     out = make_store(tmp_path, _profiles(*labels), seeds=seeds, accuracy=accuracy, sides=sides,
                      aspects=aspects)
-    return load_results(out)
+    return load_results(out, BASELINE)
 
 
 def test_paired_difference_and_sign_consistency(tmp_path):
@@ -356,7 +360,7 @@ def test_retention_uses_each_variants_own_training_side(tmp_path):
     is_vit = metrics["variant"] == "vit_1d_interp"
     metrics.loc[is_vit, "at_train_res"] = metrics.loc[is_vit, "eval_height"] == 128
     metrics.to_csv(out / "metrics.csv", index=False)
-    results = load_results(out)
+    results = load_results(out, BASELINE)
     assert retention_sides(results) == {"vit_1d_interp": (128, 512), "rope_axial": (64, 256)}
     text = next(s for s in write_findings(results) if "kept" in s)
     assert text.startswith("At the square side nearest 4x each variant's own training resolution")
@@ -370,6 +374,57 @@ def test_combine_modes_finding(tmp_path):
     findings = write_findings(_results(tmp_path, labels, lambda l, s, h, w: level[l] + 0.01 * (s - 1)))
     text = next(s for s in findings if s.startswith("For `factorized_abs_learned`"))
     assert "the combine modes sum and stack are level" in text and "product is clearly behind" in text
+
+
+# ---- the baseline is the run's config key; the cell axes are the store's -------------------
+
+def test_the_baseline_is_the_configs(tmp_path):
+    out = make_store(tmp_path / "run", _profiles("vit_1d_interp", "rope_axial", "nope"), sides=(32, 64, 128))
+    write_report(out, {**CONFIG, "baseline": "nope"}, ENV)
+    md = (out / "report.md").read_text()
+    assert "## Paired comparison with `nope`" in md
+    assert set(pd.read_csv(out / "paired_vs_baseline.csv")["baseline"]) == {"nope"}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n")
+    update_readme(out, readme, tmp_path / "img")   # takes it from the config.json the report wrote
+    assert json.loads((out / "config.json").read_text())["baseline"] == "nope"
+    write_report(out, {**CONFIG, "baseline": None}, ENV)
+    assert "The experiment names no baseline" in (out / "report.md").read_text()
+    assert not (out / "paired_vs_baseline.csv").exists()
+
+
+def test_summary_keeps_every_cell_axis_apart(tmp_path):
+    """One row per (variant, task): a second task is never averaged into the first."""
+    results = load_results(make_store(tmp_path, _profiles("vit_1d_interp", "rope_axial"), sides=(32, 64, 128)),
+                           BASELINE)
+    assert set(summary(results)["task"]) == {"abs_position"}
+    other = results.metrics.assign(task="control", accuracy=results.metrics["accuracy"] / 2)
+    both = dataclasses.replace(results, metrics=pd.concat([results.metrics, other], ignore_index=True),
+                               cells=pd.concat([results.cells, results.cells.assign(task="control")]))
+    table = summary(both).set_index(["variant", "task"])
+    one = summary(results).set_index("variant")
+    for variant in ("vit_1d_interp", "rope_axial"):
+        assert table.at[(variant, "abs_position"), "grid_mean"] == pytest.approx(one.at[variant, "grid_mean"])
+        assert table.at[(variant, "control"), "grid_mean"] == pytest.approx(one.at[variant, "grid_mean"] / 2)
+        assert table.at[(variant, "control"), "worst_mean"] == pytest.approx(one.at[variant, "worst_mean"] / 2)
+
+
+def test_results_of_several_tasks_are_refused_not_averaged(tmp_path):
+    make_store(tmp_path, _profiles("rope_axial"), sides=(32, 64))
+    make_store(tmp_path / "other", _profiles("nope"), sides=(32, 64), task="control")
+    for cell in (tmp_path / "other" / "cells").iterdir():
+        shutil.move(cell, tmp_path / "cells" / cell.name)
+    with pytest.raises(BenchError, match="holds cells of several tasks \\(abs_position, control\\)"):
+        load_results(tmp_path, None)
+
+
+def test_a_results_folder_from_before_cell_records_is_reported(tmp_path):
+    (tmp_path / "cells").mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "cell_before_records.json", tmp_path / "cells" / "rope_axial__0.json")
+    Store(tmp_path).rebuild_metrics()
+    results = load_results(tmp_path, None)
+    assert results.cells[["variant", "task", "num_classes"]].values.tolist() == [["rope_axial", "abs_position", 9]]
+    assert set(results.metrics["task"]) == {"abs_position"}
 
 
 # ---- the edges: no data for a column, no baseline, no combine modes, all cells failed -------
@@ -452,7 +507,7 @@ def test_bad_store_raises_one_line_bench_error(tmp_path, damage, where, words):
 
 def test_one_colour_per_family_and_distinct_styles_within(report):
     out, _ = report
-    results = load_results(out)
+    results = load_results(out, BASELINE)
     st_ = styles(results)
     for family, group in results.variants.groupby("family"):
         assert len({st_[v].colour for v in group.index}) == 1

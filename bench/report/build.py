@@ -8,7 +8,7 @@ import pandas as pd
 import yaml
 
 from ..store import atomic_write
-from .data import BASELINE, EXTREME_ELONGATION, Results, load_results
+from .data import EXTREME_ELONGATION, Results, load_results
 from .document import Block, Bullets, Code, Heading, Image, Paragraph, Table, html_page, markdown
 from .figures import FIGURES, Figure, write_figures
 from .findings import TARGET_RATIO, write_findings
@@ -16,6 +16,7 @@ from .stats import CI_LEVEL, MIN_SEEDS_FOR_CI
 from .tables import fig10a, fig10a_table, paired, paired_table, summary, summary_table
 
 TITLE = "NaViT Bench report"
+CONFIG_FILE = "config.json"
 NOT_DRAWN = {  # why a figure can be missing: the data has nothing for it to show
     FIGURES[3]: "no group of equal-area eval sizes has two or more aspect ratios",
     FIGURES[4]: "no factorized variant was run with more than one combine mode",
@@ -23,12 +24,14 @@ NOT_DRAWN = {  # why a figure can be missing: the data has nothing for it to sho
 
 
 def write_report(out_dir: Path, config: dict, environment: dict) -> None:
-    """Read DIR/cells and DIR/metrics.csv; write the tables, figures/, report.md and report.html.
+    """Read DIR/cells and DIR/metrics.csv; write the tables, figures/, report.md and report.html,
+    and the run's resolved ``config`` as DIR/config.json (README updates take the baseline from it).
 
     Raises BenchError (one line naming the path) when the store is missing or malformed.
     """
     out_dir = Path(out_dir)
-    results = load_results(out_dir)
+    results = load_results(out_dir, config.get("baseline"))
+    _write_text(out_dir / CONFIG_FILE, json.dumps(config, indent=1, default=str))
     table = summary(results)
     pairs = paired(results)
     navit, navit_sides = fig10a(results)
@@ -47,8 +50,9 @@ def write_report(out_dir: Path, config: dict, environment: dict) -> None:
         *findings_blocks(results),
         Heading(2, "Summary"),
         *summary_blocks(table),
-        Heading(2, f"Paired comparison with `{BASELINE}`"),
-        *_paired_blocks(pairs),
+        Heading(2, f"Paired comparison with `{results.baseline}`" if results.baseline
+                else "Paired comparison with a baseline"),
+        *_paired_blocks(pairs, results.baseline),
         Heading(2, "NaViT Fig. 10a format"),
         *_fig10a_blocks(navit, navit_sides),
         Heading(2, "Figures"),
@@ -93,11 +97,13 @@ def summary_blocks(table: pd.DataFrame) -> list[Block]:
     ]
 
 
-def _paired_blocks(table: pd.DataFrame | None) -> list[Block]:
+def _paired_blocks(table: pd.DataFrame | None, baseline: str | None) -> list[Block]:
+    if baseline is None:
+        return [Paragraph("The experiment names no baseline (the `baseline` key): no comparison.")]
     if table is None:
-        return [Paragraph(f"`{BASELINE}` has no successful cell in this run: no comparison.")]
+        return [Paragraph(f"`{baseline}` has no successful cell in this run: no comparison.")]
     return [
-        Paragraph(f"Per seed: the variant's accuracy minus `{BASELINE}`'s on the same eval sizes, "
+        Paragraph(f"Per seed: the variant's accuracy minus `{baseline}`'s on the same eval sizes, "
                   f"averaged over each group of cells. Mean ± std over seeds in percentage points; "
                   f"in brackets, how many seeds share the sign of the mean. \"Consistent\": every "
                   f"seed (2 or more) has the same sign over the whole grid."),

@@ -1,11 +1,13 @@
 """Load and check the runner's results store: DIR/cells/*.json and DIR/metrics.csv.
 
-metrics.csv is the source of every accuracy; the cells add what a row does not carry (status,
-failure reason, parameter count, training range, options). The two must describe the same ok
-cells: a mismatch means a stale metrics.csv, and a report built on it would mislead.
+metrics.csv is the source of every accuracy; the cells (read as the store's CellRecords) add
+what a row does not carry (status, failure reason, parameter count, training range, options, and
+the cell axes metrics.csv lacks, e.g. the task). The two must describe the same ok cells: a
+mismatch means a stale metrics.csv, and a report built on it would mislead.
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +16,7 @@ import pandas as pd
 
 from ..errors import BenchError
 from ..posembed import list_variants
-from ..store import METRICS_COLUMNS, Store
-
-BASELINE = "vit_1d_interp"
+from ..store import CELL_AXES, METRIC_TYPES, METRICS_COLUMNS, CellRecord, Store
 
 # (family, registry-name prefix) in display order. Matching on the prefix puts a newly
 # registered variant into its family without editing this table.
@@ -35,12 +35,6 @@ COMBINE_MODES = ("sum", "stack", "product")  # "sum" is the plain label's defaul
 # sides are rounded to whole patches (e.g. 48x88 stands for 1:2).
 EXTREME_ELONGATION = 1.9
 
-_INT_COLUMNS = ("seed", "eval_height", "eval_width", "side", "num_tokens")
-_FLOAT_COLUMNS = ("aspect", "accuracy", "loss")
-_BOOL_COLUMNS = ("in_train_range", "at_train_res")
-_TRAIN_RANGES = ("below", "in", "above")
-_CELL_KEYS = ("variant", "base_variant", "seed", "status")
-_OK_CELL_KEYS = ("param_count", "train_resolution")
 
 
 def family_of(base_variant: str) -> str:
@@ -50,8 +44,9 @@ def family_of(base_variant: str) -> str:
 @dataclass(frozen=True)
 class Results:
     cells: pd.DataFrame    # one row per cell, ok and failed
-    metrics: pd.DataFrame  # eval rows of ok cells, plus "extreme" (aspect) and "nominal_side"
+    metrics: pd.DataFrame  # eval rows of ok cells with every cell axis, plus "extreme" (aspect) and "nominal_side"
     variants: pd.DataFrame  # one row per label, in display order (family, base, combine mode)
+    baseline: str | None   # the label every variant is compared with (the experiment's ``baseline``)
 
     @property
     def failed(self) -> pd.DataFrame:
@@ -63,7 +58,7 @@ class Results:
         return [v for v in self.variants.index if self.variants.at[v, "seeds_ok"] > 0]
 
 
-def load_results(out_dir: Path) -> Results:
+def load_results(out_dir: Path, baseline: str | None) -> Results:
     store = Store(out_dir)
     cells = _load_cells(store)
     metrics = _match(_load_metrics(store.metrics_path), cells, store.metrics_path)
@@ -71,7 +66,23 @@ def load_results(out_dir: Path) -> Results:
     elongation = np.maximum(metrics["aspect"], 1 / metrics["aspect"])
     metrics = metrics.assign(extreme=elongation >= EXTREME_ELONGATION,
                              nominal_side=_nominal_sides(metrics))
-    return Results(cells, metrics, _variant_table(cells))
+    return Results(cells, _with_axes(metrics, cells), _variant_table(cells), baseline)
+
+
+def _with_axes(metrics: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The cell axes that metrics.csv does not carry, taken from each row's cell."""
+    missing = [axis for axis in CELL_AXES if axis not in metrics.columns]
+    return metrics.merge(cells[["variant", "seed", *missing]], on=["variant", "seed"], how="left")
+
+
+def _other_axes_single(cells: pd.DataFrame, folder: Path) -> None:
+    """The tables, findings and figures compare variants within one value of every other cell
+    axis; until they keep tasks apart, results of several tasks are refused, not averaged."""
+    for axis in CELL_AXES:
+        values = sorted(cells[axis].unique()) if axis != "variant" else []
+        if len(values) > 1:
+            raise BenchError(f"{folder}: holds cells of several {axis}s ({', '.join(map(str, values))}); "
+                             f"the report compares variants within one {axis}")
 
 
 def _nominal_sides(metrics: pd.DataFrame) -> np.ndarray:
@@ -88,35 +99,24 @@ def _nominal_sides(metrics: pd.DataFrame) -> np.ndarray:
 
 
 def _load_cells(store: Store) -> pd.DataFrame:
-    raw = store.cells()  # raises StoreError (a BenchError) naming an unreadable file
-    if not raw:
+    records = store.cells()  # raises StoreError (a BenchError) naming a file that is not a cell
+    if not records:
         raise BenchError(f"{store.cells_dir}: no result cells (*.json); is this a results directory?")
-    cells = pd.DataFrame([_cell_row(store.cells_dir / f"{name}.json", cell) for name, cell in raw.items()])
-    dup = cells[cells.duplicated(["variant", "seed"], keep=False)]
+    cells = pd.DataFrame([_cell_row(record) for record in records.values()])
+    dup = cells[cells.duplicated([*CELL_AXES, "seed"], keep=False)]
     if len(dup):
         raise BenchError(f"{store.cells_dir}: variant {dup['variant'].iloc[0]} seed "
                          f"{dup['seed'].iloc[0]} appears in more than one cell file")
+    _other_axes_single(cells, store.cells_dir)
     return cells
 
 
-def _cell_row(path: Path, raw) -> dict:
-    if not isinstance(raw, dict):
-        raise BenchError(f"{path}: a result cell must be a JSON object")
-    missing = [k for k in _CELL_KEYS if k not in raw]
-    if raw.get("status") == "ok":
-        missing += [k for k in _OK_CELL_KEYS if k not in raw]
-    if missing:
-        raise BenchError(f"{path}: result cell lacks {', '.join(missing)}")
-    if raw["status"] not in ("ok", "failed"):
-        raise BenchError(f"{path}: status must be 'ok' or 'failed', got {raw['status']!r}")
-    train = raw.get("train_resolution") or {}
-    options = raw.get("options") or {}
-    return {
-        "variant": str(raw["variant"]), "base_variant": str(raw["base_variant"]),
-        "seed": int(raw["seed"]), "status": raw["status"], "reason": raw.get("reason") or "",
-        "combine": str(options.get("combine", "sum")), "param_count": raw.get("param_count"),
-        "train_min_side": train.get("min_side"), "train_max_side": train.get("max_side"),
-    }
+def _cell_row(cell: CellRecord) -> dict:
+    return {**{axis: getattr(cell, axis) for axis in CELL_AXES},
+            "base_variant": cell.base_variant, "seed": cell.seed, "status": cell.status,
+            "reason": cell.reason or "", "num_classes": cell.num_classes,
+            "combine": str(cell.options.get("combine", "sum")), "param_count": cell.param_count,
+            "train_min_side": cell.train_resolution.min_side, "train_max_side": cell.train_resolution.max_side}
 
 
 def _load_metrics(path: Path) -> pd.DataFrame:
@@ -135,20 +135,20 @@ def _load_metrics(path: Path) -> pd.DataFrame:
         if metrics[col].isna().any():
             row = int(metrics.index[metrics[col].isna()][0]) + 2  # header is line 1
             raise BenchError(f"{path}: line {row}: empty {col}")
-    try:
-        for col in _INT_COLUMNS:
-            metrics[col] = pd.to_numeric(metrics[col]).astype(int)
-        for col in _FLOAT_COLUMNS:
-            metrics[col] = pd.to_numeric(metrics[col]).astype(float)
-    except (ValueError, TypeError) as exc:
-        raise BenchError(f"{path}: non-numeric value in column {col} ({exc})") from None
-    for col in _BOOL_COLUMNS:
-        metrics[col] = _as_bool(metrics[col], path, col)
-    for col in ("variant", "base_variant", "train_range"):
-        metrics[col] = metrics[col].astype(str)
-    bad = sorted(set(metrics["train_range"]) - set(_TRAIN_RANGES))
-    if bad:
-        raise BenchError(f"{path}: train_range must be below/in/above, got {bad[0]!r}")
+    for col, kind in METRIC_TYPES.items():   # each column as the record it comes from types it
+        if kind in (int, float):
+            try:
+                metrics[col] = pd.to_numeric(metrics[col]).astype(kind)
+            except (ValueError, TypeError) as exc:
+                raise BenchError(f"{path}: non-numeric value in column {col} ({exc})") from None
+        elif kind is bool:
+            metrics[col] = _as_bool(metrics[col], path, col)
+        else:
+            metrics[col] = metrics[col].astype(str)
+            choices = typing.get_args(kind)
+            bad = sorted(set(metrics[col]) - set(choices)) if choices else []
+            if bad:
+                raise BenchError(f"{path}: {col} must be {'/'.join(choices)}, got {bad[0]!r}")
     return metrics
 
 
