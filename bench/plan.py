@@ -150,7 +150,8 @@ def make_plan(experiment: Experiment, world_size: int = 1) -> Plan:
         rows_per_step(train.tokens_per_batch, train.max_seq_len, world_size)
     except ConfigError as error:
         raise error.under("train") from None
-    variants = tuple(_plan_variant(experiment, spec, sizes, f"variants[{i}]")
+    largest_eval = max(max(h, w) for h, w in sizes) // patch
+    variants = tuple(_plan_variant(experiment, spec, sizes, largest_eval, f"variants[{i}]")
                      for i, spec in enumerate(experiment.variants))
     baseline = _baseline(experiment)
     config = _plain({**dataclasses.asdict(experiment), "baseline": baseline,
@@ -160,7 +161,7 @@ def make_plan(experiment: Experiment, world_size: int = 1) -> Plan:
                 config, hashed, config_hash(hashed))
 
 
-def _plan_variant(experiment: Experiment, spec: VariantSpec, sizes, where: str) -> VariantPlan:
+def _plan_variant(experiment: Experiment, spec: VariantSpec, sizes, largest_eval: int, where: str) -> VariantPlan:
     patch, model = experiment.model.patch_size, experiment.model
     valid = list_variants()
     if spec.name not in valid:
@@ -183,7 +184,7 @@ def _plan_variant(experiment: Experiment, spec: VariantSpec, sizes, where: str) 
     hints = typing.get_type_hints(cls.__init__)
     explicit = {key: convert(hints.get(key, Any), value, join(where, key)) for key, value in spec.options.items()}
     limits = GridLimits(largest_train=train_grid_limit(experiment.data, resolution, patch),
-                        largest_eval=max(max(h, w) for h, w in sizes) // patch, reference=reference // patch)
+                        largest_eval=largest_eval, reference=reference // patch)
     # Every option spelled out, so a stored cell records exactly what it was built with.
     options = {**allowed, **cls.grid_defaults(limits), **explicit}
     try:

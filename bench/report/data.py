@@ -78,8 +78,8 @@ def _with_axes(metrics: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
 def _other_axes_single(cells: pd.DataFrame, folder: Path) -> None:
     """The tables, findings and figures compare variants within one value of every other cell
     axis; until they keep tasks apart, results of several tasks are refused, not averaged."""
-    for axis in CELL_AXES:
-        values = sorted(cells[axis].unique()) if axis != "variant" else []
+    for axis in (a for a in CELL_AXES if a != "variant"):
+        values = sorted(cells[axis].unique())
         if len(values) > 1:
             raise BenchError(f"{folder}: holds cells of several {axis}s ({', '.join(map(str, values))}); "
                              f"the report compares variants within one {axis}")
