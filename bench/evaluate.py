@@ -1,7 +1,7 @@
 """Evaluation over the resolution x aspect grid: every test image at every grid size, packed."""
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -10,22 +10,14 @@ import torch.nn.functional as F
 from .config import EvalConfig
 from .data import eval_batches
 from .model import NaViT
-from .train import Interrupted, autocast, progress
+from .runtime import Interrupted, autocast, progress
 
 
-def grid_row(height: int, width: int, patch_size: int, train_range: tuple[int, int], reference_side: int) -> dict:
-    """Where one eval size sits relative to the training resolutions (accuracy/loss come later).
-
-    ``side`` is the side of the square with the same area, so a 32x128 image counts as side 64:
-    that is what sets the token count, the quantity a resolution range really bounds.
-    """
-    side = round(math.sqrt(height * width))
-    low, high = train_range
-    return {"eval_height": height, "eval_width": width, "aspect": width / height, "side": side,
-            "num_tokens": (height // patch_size) * (width // patch_size),
-            "in_train_range": low <= side <= high,
-            "train_range": "below" if side < low else "above" if side > high else "in",
-            "at_train_res": height == width == reference_side}
+@dataclass(frozen=True)
+class Score:
+    """What a model scores at one eval size, over the whole test split."""
+    accuracy: float   # top-1
+    loss: float       # mean cross-entropy
 
 
 class EvalSet:
@@ -49,12 +41,11 @@ class EvalSet:
 
 @torch.no_grad()
 def evaluate(model: NaViT, eval_set: EvalSet, sizes: list[tuple[int, int]], device: torch.device,
-             train_range: tuple[int, int], reference_side: int, should_stop: Callable[[], bool] = lambda: False,
-             label: str = "", show_progress: bool = True) -> list[dict]:
-    """One row per grid size: accuracy and mean cross-entropy over the whole test split."""
+             should_stop: Callable[[], bool] = lambda: False, label: str = "",
+             show_progress: bool = True) -> list[Score]:
+    """One score per (H, W) of ``sizes``, in order."""
     model.eval()
-    patch = model.patch_size
-    rows = []
+    scores = []
     for height, width in progress(iterable=sizes, desc=f"{label} eval", leave=False, position=1,
                                   disable=not show_progress):
         if should_stop():
@@ -67,6 +58,5 @@ def evaluate(model: NaViT, eval_set: EvalSet, sizes: list[tuple[int, int]], devi
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             correct += int((logits.argmax(-1) == labels).sum())
             count += labels.numel()
-        row = grid_row(height, width, patch, train_range, reference_side)
-        rows.append({**row, "accuracy": correct / count, "loss": loss_sum / count})
-    return rows
+        scores.append(Score(correct / count, loss_sum / count))
+    return scores

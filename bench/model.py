@@ -12,12 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import POOLS   # mean | map | cls: the config schema names them once
 from .packing import DEFAULT_MAX_SEQ_LEN, PAD, PackedBatch, needs_mask, pack
 from .posembed import build_posembed
-
-# mean: masked mean of each image's tokens; map: masked attention pooling (one learned probe);
-# cls: the final state of one learned token per image, packed in its row.
-POOLS = ("mean", "map", "cls")
 
 
 def attention_mask(image_ids: Tensor) -> Tensor:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import shlex
 import statistics
 import sys
@@ -45,11 +44,11 @@ from torch import Tensor, nn
 from .errors import BenchError
 from .model import NaViT, build_model
 from .packing import PAD, PackedBatch, pack, pad_to_buckets
+from .runtime import REPO, device_name
 
 SIDES = tuple(range(64, 257, 32))
 NUM_CLASSES = 100
 FLEX_BLOCK = 128
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_EXPERIMENT = REPO / "experiments" / "default.yaml"
 DATA_ROUNDS = 50   # timed rounds of the data-pipeline measurement, at least
 
@@ -61,14 +60,6 @@ BF16_PEAK_TFLOPS = (
 )
 
 Batches = list[tuple[PackedBatch, Tensor]]
-
-
-def cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
 
 
 class OtherLoad:
@@ -232,8 +223,8 @@ def run(args, command: str) -> dict:
         amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
     else:
         amp = contextlib.nullcontext
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    peak = args.peak_tflops or (peak_tflops(device_name) if device.type == "cuda" else None)
+    name = device_name(device)
+    peak = args.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
 
     images, labels = standard_batch(args.images, args.patch, args.seed)
     torch.manual_seed(args.seed)
@@ -286,7 +277,7 @@ def run(args, command: str) -> dict:
     rows = [describe(s, setups[0], model, len(images), peak) for s in setups]
     result = {
         "command": command,
-        "device": device_name, "device_type": device.type, "dtype": dtype,
+        "device": name, "device_type": device.type, "dtype": dtype,
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "settings": {k: v for k, v in vars(args).items() if k != "json"},
         "batch": {"images": len(images), "real_tokens": rows[0]["real_tokens"],
@@ -329,15 +320,17 @@ def data_pipeline(path: Path, device: torch.device, amp, steps: int, warmup: int
         return None
     from .config import load_experiment
     from .data import TrainBatches, build_source
+    from .plan import make_plan
     from .train import build_cell_model, make_optimizer
 
     experiment = load_experiment(path)
-    spec = experiment.variants[0]
+    variant = make_plan(experiment).variants[0]
+    spec = variant.spec
     source = build_source(experiment.data, "train")
     train = experiment.train
-    batches = TrainBatches(source, experiment.resolution_of(spec), train.token_drop, experiment.model.patch_size,
+    batches = TrainBatches(source, variant.resolution, train.token_drop, experiment.model.patch_size,
                            train.tokens_per_batch, train.max_seq_len, seed=0)
-    model = build_cell_model(experiment, spec, source.num_classes, source.channels, seed=0).to(device)
+    model = build_cell_model(experiment.model, spec, source.num_classes, source.channels, seed=0).to(device)
     optimizer = make_optimizer(train, model)
     timer = Timer(device)
     data, step = [], []

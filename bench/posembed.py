@@ -7,12 +7,15 @@ the queries and keys of every layer (``rotary``); NoPE contributes neither.
 
 Adding a variant: write one small class, decorate it with ``@register("name")``, and add one
 line to docs/embeddings.md. Its ``kind`` (additive, rotary or none) follows from the method it
-overrides; ``coordinates`` says what its embedding is a function of (the tests check it).
+overrides; ``coordinates`` says what its embedding is a function of (the tests check it). An
+option whose right value depends on the experiment's grids (a table's size) gets its default
+from the class's ``grid_defaults`` hook.
 """
 from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -58,6 +61,18 @@ def build_posembed(name: str, dim: int, heads: int, depth: int, **options) -> "P
     return variant_class(name)(dim, heads, depth, **options)
 
 
+@dataclass(frozen=True)
+class GridLimits:
+    """The patch grids an experiment gives a variant, in patches per side."""
+    largest_train: int   # longest side of any training image
+    largest_eval: int    # longest side of any eval image
+    train_square: int    # side of the square grid of the largest training side sqrt(H * W)
+
+    @property
+    def largest(self) -> int:
+        return max(self.largest_train, self.largest_eval)
+
+
 class PositionalEmbedding(nn.Module):
     """Base class; on its own it is NoPE."""
     variant = "base"
@@ -85,6 +100,12 @@ class PositionalEmbedding(nn.Module):
     def __init__(self, dim: int, heads: int, depth: int):
         super().__init__()
         self.dim, self.heads, self.depth = dim, heads, depth
+
+    @classmethod
+    def grid_defaults(cls, grids: GridLimits) -> dict[str, object]:
+        """Defaults of options that depend on the experiment's grids; the config can override
+        each. A table-based variant sizes its table here."""
+        return {}
 
     def additive(self, coords: Tensor, grids: Tensor) -> Tensor | None:
         """[T, dim] added to the patch embeddings, or None."""
@@ -164,6 +185,13 @@ class _ResizedTable(PositionalEmbedding):
         self.antialias, self.align_corners = antialias, align_corners
         self.table = _normal_table(*self.base_grid, dim)
 
+    @classmethod
+    def grid_defaults(cls, grids):
+        # The square grid of the largest training side: a vanilla ViT's own training grid (it
+        # trains at one square side), and for a table resized to every grid the largest square
+        # grid it trains on.
+        return {"base_grid": grids.train_square}
+
     def additive(self, coords, grids):
         return _resized_rows(self.table, coords, grids, self.interpolation, self.antialias, self.align_corners)
 
@@ -210,6 +238,12 @@ class Pix2StructJoint2D(PositionalEmbedding):
         super().__init__(dim, heads, depth)
         self.max_grid = _pair(max_grid)
         self.table = _normal_table(*self.max_grid, dim)
+
+    @classmethod
+    def grid_defaults(cls, grids):
+        # Every grid the experiment meets has its rows, so unseen coordinates stay at their
+        # initial values rather than crash: that failure is what the benchmark measures.
+        return {"max_grid": grids.largest}
 
     def additive(self, coords, grids):
         self._check_grid(grids, *self.max_grid)
@@ -320,6 +354,10 @@ class FactorizedAbsLearned(Factorized):
     def __init__(self, dim, heads, depth, *, combine: str = "sum", max_grid: int = 32):
         super().__init__(dim, heads, depth, combine, lambda d, _: _AxisLearned(d, max_grid))
         self.max_grid = max_grid
+
+    @classmethod
+    def grid_defaults(cls, grids):
+        return {"max_grid": grids.largest}   # as pix2struct_2d's
 
     def additive(self, coords, grids):
         self._check_grid(grids, self.max_grid, self.max_grid)

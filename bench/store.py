@@ -1,5 +1,9 @@
 """The results store: one JSON file per finished cell, and a CSV rebuilt from them.
 
+``CellRecord`` (with its ``EvalRow``s) is the one schema of a cell: the runner writes it, the
+store reads and writes it as JSON, the report reads it. Cell files written before a field existed
+still load: the field is derived from the file's stored config.
+
 Layout of an output directory DIR::
 
     cells/<label>__<seed>.json        one finished cell (status "ok" or "failed")
@@ -7,6 +11,7 @@ Layout of an output directory DIR::
     locks/<label>__<seed>.lock        held (flock) by the process training that cell
     locks/store.lock                  held while a cell is added or metrics.csv / the report rebuilt
     metrics.csv                       long format, one row per (cell, eval size)
+    config.json                       the run's config keys that no cell holds (variants, seeds, baseline, ...)
 
 Every file is written to a temporary file in its own folder, fsynced, then renamed over its
 target, so a reader or a crash never sees half a file, and a failed write (disk full) leaves the
@@ -18,24 +23,27 @@ metrics.csv rebuilt under one lock, so the last rebuild always sees every finish
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import io
 import json
 import os
 import tempfile
+import typing
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterable, Iterator, Literal
 
 import torch
 
-from .config import differing_keys
+from .config import ResolutionConfig
+from .data import known_num_classes
 from .errors import BenchError
+from .evaluate import Score
+from .plan import EvalPoint, TrainResolution, cell_identity, cell_name, cell_task, unhashed_config
 
-METRICS_COLUMNS = ["variant", "base_variant", "seed", "eval_height", "eval_width", "aspect", "side",
-                   "num_tokens", "accuracy", "loss", "in_train_range", "train_range", "at_train_res"]
-# What a cell must share with the config that would re-run it, besides the config hash.
-CELL_IDENTITY = ("base_variant", "options", "resolution")
+AXIS = {"axis": True}   # marks a CellRecord field that tells cells apart (with the seed)
 
 
 class StoreError(BenchError):
@@ -46,15 +54,134 @@ class WriteError(StoreError):
     """A write that failed midway through a run (disk full, I/O error): not the user's mistake."""
 
 
+# ---- the records ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One eval size of a cell: where it sits (from the plan) and what the model scored there."""
+    point: EvalPoint
+    score: Score
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self.point), **dataclasses.asdict(self.score)}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "EvalRow":
+        return cls(_pick(EvalPoint, raw), _pick(Score, raw))
+
+
+@dataclass(frozen=True)
+class CellRecord:
+    """One finished (variant, seed) cell, ok or failed. Fields marked AXIS, with the seed, tell
+    cells apart: the report never averages over them (a new axis is a field marked so here)."""
+    variant: str = field(metadata=AXIS)   # the label
+    base_variant: str                     # registry name
+    options: dict[str, Any]               # every option the embedding was built with
+    resolution: ResolutionConfig          # the training policy
+    task: str = field(metadata=AXIS)      # the synthetic task, or the dataset's name
+    seed: int
+    config_hash: str
+    status: Literal["ok", "failed"]
+    reason: str | None                    # why it failed
+    num_classes: int | None               # None: unknown (an image-folder cell from before the field)
+    param_count: int
+    train_time_s: float
+    eval_time_s: float
+    tokens_seen: int
+    images_seen: int
+    steps: int
+    final_train_loss: float | None        # mean over the last tenth of the steps; None if failed
+    train_resolution: TrainResolution
+    device: str
+    world_size: int
+    train_losses: list[float]             # every step's
+    eval: list[EvalRow]                   # one per eval size, in grid order; empty if failed
+    config: dict                          # the hashed part of the config
+
+    @property
+    def name(self) -> str:
+        return cell_name(self.variant, self.seed)
+
+    @property
+    def identity(self) -> dict:
+        return cell_identity(self.base_variant, self.options, self.resolution)
+
+    def to_json(self) -> dict:
+        plain = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**plain, "resolution": dataclasses.asdict(self.resolution),
+                "train_resolution": dataclasses.asdict(self.train_resolution),
+                "eval": [row.to_json() for row in self.eval]}
+
+    @classmethod
+    def from_json(cls, raw, path: Path) -> "CellRecord":
+        """The record of a cell file's JSON; StoreError naming ``path`` when it is not one."""
+        if not isinstance(raw, dict):
+            raise StoreError(f"{path}: a result cell must be a JSON object")
+        try:
+            raw = {**_derived_fields(raw), **raw}
+            missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
+            if missing:
+                raise StoreError(f"{path}: result cell lacks {', '.join(missing)}")
+            if raw["status"] not in ("ok", "failed"):
+                raise StoreError(f"{path}: status must be 'ok' or 'failed', got {raw['status']!r}")
+            values = {f.name: raw[f.name] for f in dataclasses.fields(cls)}
+            return cls(**{**values, "resolution": ResolutionConfig(**raw["resolution"]),
+                          "train_resolution": TrainResolution(**raw["train_resolution"]),
+                          "eval": [EvalRow.from_json(row) for row in raw["eval"]]})
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise StoreError(f"{path}: malformed result cell ({type(error).__name__}: {error})") from None
+
+
+CELL_AXES = tuple(f.name for f in dataclasses.fields(CellRecord) if f.metadata.get("axis"))
+METRICS_COLUMNS = ["variant", "base_variant", "seed", "eval_height", "eval_width", "aspect", "side",
+                   "num_tokens", "accuracy", "loss", "in_train_range", "train_range", "at_train_res"]
+# Each column's annotation (int, float, bool, str or a Literal), from the record it comes from.
+METRIC_TYPES = {column: {**typing.get_type_hints(CellRecord), **typing.get_type_hints(EvalPoint),
+                         **typing.get_type_hints(Score)}[column] for column in METRICS_COLUMNS}
+
+
+def _derived_fields(raw: dict) -> dict:
+    """``task`` and ``num_classes`` of a cell file written before they were recorded, from its
+    stored config (empty when it has none: the record then names what it lacks)."""
+    data = raw.get("config", {}).get("data", {})
+    if "name" not in data:
+        return {}
+    name, task = data["name"], data.get("task")
+    return {"task": cell_task(name, task), "num_classes": known_num_classes(name, task)}
+
+
+def _pick(cls, raw: dict):
+    """A flat record's part that is a ``cls``."""
+    return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls)})
+
+
+def metric_rows(cells: Iterable[CellRecord]) -> list[dict]:
+    """metrics.csv's rows: one per (ok cell, eval size), sorted by variant, seed, height, width."""
+    rows = [{"variant": cell.variant, "base_variant": cell.base_variant, "seed": cell.seed, **row.to_json()}
+            for cell in cells if cell.status == "ok" for row in cell.eval]
+    return sorted(rows, key=lambda r: (r["variant"], r["seed"], r["eval_height"], r["eval_width"]))
+
+
+def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested dicts (added or removed keys too)."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        path = f"{prefix}.{key}" if prefix else key
+        a, b = old.get(key, dataclasses.MISSING), new.get(key, dataclasses.MISSING)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += differing_keys(a, b, path)
+        elif a != b:
+            keys.append(path)
+    return keys
+
+
+# ---- files ------------------------------------------------------------------------------------
+
 def _file_mode() -> int:
     """What open() would give a new file: mkstemp's 0600 would hide results from a shared group."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
-
-
-def cell_name(label: str, seed: int) -> str:
-    return f"{label}__{seed}"
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -90,6 +217,7 @@ class Store:
         self.checkpoints_dir = self.root / "checkpoints"
         self.locks_dir = self.root / "locks"
         self.metrics_path = self.root / "metrics.csv"
+        self.config_path = self.root / "config.json"
 
     # ---- checks that write nothing -----------------------------------------------------------
 
@@ -108,17 +236,16 @@ class Store:
         """Refuse to add cells to results made with a different config.
 
         ``identities`` maps each planned variant label to what its stored cells must match
-        (registry name, options, resolution), so an edited variant entry is not reused either.
+        (``bench.plan.cell_identity``), so an edited variant entry is not reused either.
         """
         for name, cell in self.cells().items():
-            if cell["config_hash"] != config_hash:
-                keys = differing_keys(cell.get("config", {}), config) or ["config hash"]
+            if cell.config_hash != config_hash:
+                keys = differing_keys(cell.config, config) or ["config hash"]
                 raise StoreError(f"{self.root} holds results of a different config (cell {name} differs in "
                                  f"{', '.join(keys)}); run with a new --out, e.g. --out {self.free_sibling()}")
-            expected = identities.get(cell["variant"])
+            expected = identities.get(cell.variant)
             if expected is not None:
-                stored = {key: cell.get(key) for key in expected}
-                keys = differing_keys(stored, expected, f"variants[{cell['variant']}]")
+                keys = differing_keys(cell.identity, expected, f"variants[{cell.variant}]")
                 if keys:
                     raise StoreError(f"{self.root} holds cell {name} made with a different variant entry "
                                      f"(differs in {', '.join(keys)}); give the entry a new label or run "
@@ -138,21 +265,21 @@ class Store:
     def checkpoint_path(self, label: str, seed: int) -> Path:
         return self.checkpoints_dir / f"{cell_name(label, seed)}.pt"
 
-    def read_cell(self, label: str, seed: int) -> dict | None:
+    def read_cell(self, label: str, seed: int) -> CellRecord | None:
         path = self.cell_path(label, seed)
-        return _read_json(path) if path.exists() else None
+        return _read_cell(path) if path.exists() else None
 
-    def cells(self) -> dict[str, dict]:
+    def cells(self) -> dict[str, CellRecord]:
         """Every finished cell, by file name (temporary files of writes in flight are ignored)."""
         if not self.cells_dir.is_dir():
             return {}
-        return {path.stem: _read_json(path) for path in sorted(self.cells_dir.glob("*.json"))
+        return {path.stem: _read_cell(path) for path in sorted(self.cells_dir.glob("*.json"))
                 if not path.name.startswith(".")}
 
-    def write_cell(self, cell: dict) -> Path:
-        path = self.cell_path(cell["variant"], cell["seed"])
-        atomic_write(path, json.dumps(cell, indent=1, allow_nan=True).encode())
-        self.checkpoint_path(cell["variant"], cell["seed"]).unlink(missing_ok=True)
+    def write_cell(self, cell: CellRecord) -> Path:
+        path = self.cell_path(cell.variant, cell.seed)
+        atomic_write(path, json.dumps(cell.to_json(), indent=1, allow_nan=True).encode())
+        self.checkpoint_path(cell.variant, cell.seed).unlink(missing_ok=True)
         return path
 
     @contextmanager
@@ -160,6 +287,33 @@ class Store:
         """Yield True while this process holds the cell's lock, False if another process does."""
         with self._lock(self.locks_dir / f"{cell_name(label, seed)}.lock", wait=False) as held:
             yield held
+
+    # ---- the run's config --------------------------------------------------------------------
+
+    def write_config(self, config: dict) -> None:
+        """Record a run's resolved config: config.json takes the keys its cells do not hold
+        (``unhashed_config``), so the folder keeps each key once and the two cannot disagree."""
+        atomic_write(self.config_path, json.dumps(unhashed_config(config), indent=1, default=str).encode())
+
+    def config(self, cells: Iterable[CellRecord]) -> dict:
+        """The resolved config of a folder of these cells: the part they hold, with config.json's
+        keys where a run wrote one. StoreError when the cells hold several configs."""
+        cells = list(cells)
+        hashes = sorted({cell.config_hash for cell in cells})
+        if len(hashes) > 1:
+            raise StoreError(f"{self.cells_dir}: cells of {len(hashes)} different configs (config_hash "
+                             f"{', '.join(hashes)}); one folder holds one experiment")
+        held = next((cell.config for cell in cells if cell.config), {})
+        if not self.config_path.exists():
+            return dict(held)
+        try:
+            run = json.loads(self.config_path.read_text())
+        except (OSError, ValueError) as error:
+            raise StoreError(f"{self.config_path} is unreadable ({type(error).__name__}); rerun with "
+                             f"--report-only to rewrite it") from None
+        if not isinstance(run, dict):
+            raise StoreError(f"{self.config_path}: must be a JSON object")
+        return _merged(held, run)
 
     # ---- checkpoints -------------------------------------------------------------------------
 
@@ -187,7 +341,7 @@ class Store:
         with self._lock(self.locks_dir / "store.lock", wait=True):
             yield
 
-    def publish(self, cell: dict) -> None:
+    def publish(self, cell: CellRecord) -> None:
         """Add a finished cell and rebuild metrics.csv with it."""
         with self.publishing():
             self.write_cell(cell)
@@ -222,15 +376,17 @@ class Store:
             os.close(fd)  # closing the descriptor releases the lock
 
 
-def metric_rows(cells) -> list[dict]:
-    rows = [{"variant": cell["variant"], "base_variant": cell["base_variant"], "seed": cell["seed"],
-             **{key: row[key] for key in METRICS_COLUMNS[3:]}}
-            for cell in cells if cell["status"] == "ok" for row in cell["eval"]]
-    return sorted(rows, key=lambda r: (r["variant"], r["seed"], r["eval_height"], r["eval_width"]))
+def _merged(base: dict, extra: dict) -> dict:
+    """``base`` with the keys of ``extra`` added, nested sections merged key by key."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
-def _read_json(path: Path) -> dict:
+def _read_cell(path: Path) -> CellRecord:
     try:
-        return json.loads(path.read_text())
+        raw = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise StoreError(f"{path} is not a readable cell file ({error}); delete it to re-run that cell") from None
+    return CellRecord.from_json(raw, path)

@@ -9,10 +9,7 @@ images, so K processes follow the single-process run up to float rounding.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -22,84 +19,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
-from .config import Experiment, TrainConfig, VariantSpec
+from .config import ModelConfig, TrainConfig, VariantSpec
 from .data import train_loader
 from .model import NaViT, build_model
+from .runtime import Interrupted, Ranks, autocast, progress
 
 # A trunk donor with no positional parameters: copying its weights gives every variant the same
 # initial patch embedding, blocks and head for a seed, whatever its embedding draws from the RNG.
 TRUNK_DONOR = "nope"
 
 
-class MemoBatches(torch.utils.data.Dataset):
-    """``batches[step]`` built once, then served from memory: every variant of a seed trains on
-    the same batches, so rendering them again for each variant would be wasted work."""
-
-    def __init__(self, batches):
-        self.batches, self.memo = batches, {}
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, step: int):
-        if step not in self.memo:
-            self.memo[step] = self.batches[step]
-        return self.memo[step]
-
-
-class Interrupted(Exception):
-    """Training stopped on request (Ctrl-C); the cell's progress is checkpointed."""
-
-
-@dataclass
-class Ranks:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def progress(**options) -> tqdm:
-    """A tqdm bar; redrawn every few seconds when stderr is a log file rather than a terminal."""
-    return tqdm(dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 5.0, **options)
-
-
-def init_distributed(device: str) -> Ranks:
-    """Join the process group when started by torchrun (WORLD_SIZE > 1), else run alone."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return Ranks()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    ranks = Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-    if device == "cuda":
-        torch.cuda.set_device(ranks.local_rank)
-    return ranks
-
-
-def torch_device(device: str, ranks: Ranks) -> torch.device:
-    return torch.device(f"cuda:{ranks.local_rank}") if device == "cuda" else torch.device("cpu")
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; CPU trains in fp32 so that runs are exactly reproducible."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def build_cell_model(experiment: Experiment, spec: VariantSpec, num_classes: int, channels: int,
-                     seed: int) -> NaViT:
-    m = experiment.model
+def build_cell_model(m: ModelConfig, spec: VariantSpec, num_classes: int, channels: int, seed: int) -> NaViT:
+    """The model of one cell; ``spec`` as planned, every option spelled out."""
     common = dict(channels=channels, mlp_ratio=m.mlp_ratio, pool=m.pool, attention=m.attention)
     torch.manual_seed(seed)
     model = build_model(spec.name, num_classes, m.patch_size, m.dim, m.depth, m.heads, **common, **spec.options)

@@ -24,9 +24,8 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.data import (TASKS, DataConfig, DropConfig, ResolutionConfig, SyntheticSource, TrainBatches,  # noqa: E402
-                        build_source)
-from bench.data.resolution import aspect_size  # noqa: E402
+from bench.config import TASKS, DataConfig, DropConfig, ResolutionConfig  # noqa: E402
+from bench.data import SyntheticSource, TrainBatches, aspect_size, build_source  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "images"
 SIDES = (32, 64, 128)

@@ -22,8 +22,9 @@ from PIL import Image
 
 import bench
 from bench.cli import main
-from bench.config import Experiment, load_experiment, to_dict
+from bench.config import Experiment, load_experiment
 from bench.errors import BenchError, ConfigError
+from bench.plan import make_plan
 from conftest import REPO, TINY
 
 SYNTHETIC = "name: synthetic, task: abs_position, train_size: 256, test_size: 24"
@@ -55,8 +56,8 @@ def workspace(tmp_path):
 # (TINY's text -> replacement, extra flags, the exact line on stderr); {tmp} is the test's folder.
 CASES = {
     "unknown-key": ({"seeds: [0, 1]": "seed: [0, 1]"}, [],
-                    "seed: unknown key (did you mean 'seeds'?); valid keys: name, variants, data, model, seeds, "
-                    "train, eval, device"),
+                    "seed: unknown key (did you mean 'seeds'?); valid keys: name, variants, baseline, data, model, "
+                    "seeds, train, eval, device"),
     "wrong-type": ({"seeds: [0, 1]": "seeds: [0, one]"}, [], "seeds[1]: expected an integer, got 'one' (string)"),
     "not-finite": ({"lr: 0.003": "lr: .nan"}, [], "train.lr: expected a finite number, got nan (number)"),
     "zero-steps": ({"steps: 30": "steps: 0"}, [], "train.steps: must be positive, got 0"),
@@ -64,19 +65,25 @@ CASES = {
     "negative-seed": ({"seeds: [0, 1]": "seeds: [0, -1]"}, [], "seeds: seeds must be non-negative, got [0, -1]"),
     "no-seeds": ({"seeds: [0, 1]": "seeds: []"}, [], "seeds: list at least one seed"),
     "zero-patch": ({"patch_size: 4": "patch_size: 0"}, [], "model.patch_size: must be positive, got 0"),
-    "zero-train-size": ({"train_size: 256": "train_size: 0"}, [], "data.train_size: must be > 0 (got 0)"),
-    "negative-test-size": ({"test_size: 24": "test_size: -1"}, [], "data.test_size: must be > 0 (got -1)"),
+    "zero-train-size": ({"train_size: 256": "train_size: 0"}, [], "data.train_size: must be positive, got 0"),
+    "negative-test-size": ({"test_size: 24": "test_size: -1"}, [], "data.test_size: must be positive, got -1"),
     "zero-tokens": ({"tokens_per_batch: 128": "tokens_per_batch: 0"}, [],
                     "train.tokens_per_batch: must be positive, got 0"),
     "zero-row": ({"max_seq_len: 64, lr": "max_seq_len: 0, lr"}, [], "train.max_seq_len: must be positive, got 0"),
-    "zero-min-side": ({"min_side: 16": "min_side: 0"}, [], "train.resolution.min_side: must be > 0 (got 0)"),
-    "zero-eval-side": ({"sides: [8,": "sides: [0,"}, [], "eval.grid.sides[0]: must be > 0 (got 0)"),
+    "zero-min-side": ({"min_side: 16": "min_side: 0"}, [], "train.resolution.min_side: must be positive, got 0"),
+    "zero-eval-side": ({"sides: [8,": "sides: [0,"}, [], "eval.grid.sides[0]: must be positive, got 0"),
     "negative-eval-size": ({GRID: "grid: {sizes: [[16, 16], [-8, 8]]}"}, [],
                            "eval.grid.sizes[1]: -8x8 is not a positive multiple of patch_size 4"),
     "unknown-variant": ({"[nope, rope_axial]": "[nope, rope]"}, [],
                         f"variants[1]: unknown variant 'rope' (did you mean 'nope'?); valid variants: {VARIANTS}"),
     "unknown-dataset": ({"name: synthetic": "name: imagenet"}, [],
-                        "data.name: unknown value 'imagenet'; choose one of synthetic, imagefolder, cifar10, cifar100"),
+                        "data.name: expected one of 'synthetic', 'imagefolder', 'cifar10', 'cifar100', got 'imagenet' "
+                        "(string) (did you mean 'imagefolder'?)"),
+    "unknown-pool": ({"heads: 2}": "heads: 2, pool: max}"}, [],
+                     "model.pool: expected one of 'mean', 'map', 'cls', got 'max' (string) (did you mean 'map'?)"),
+    "unknown-baseline": ({"seeds: [0, 1]": "seeds: [0, 1]\nbaseline: vit_1d_interp"}, [],
+                         "baseline: 'vit_1d_interp' is not a variant label of this experiment; labels: nope, "
+                         "rope_axial"),
     "eval-side-off-patch": ({"sides: [8,": "sides: [10,"}, [],
                             "eval.grid.sides[0]: 10 is not a positive multiple of patch_size 4"),
     "eval-side-below-patch": ({"sides: [8,": "sides: [2,"}, [],
@@ -155,6 +162,15 @@ def test_mistake_exits_2_with_one_line_and_writes_nothing(workspace, make_config
     assert_nothing_written(workspace)
 
 
+def test_too_few_rows_for_the_launched_ranks_is_a_mistake(workspace, make_config, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")   # as torchrun --nproc_per_node 2 sets it, before any rank joins
+    config = make_config(**{"tokens_per_batch: 128": "tokens_per_batch: 64"})
+    assert main(["--config", str(config), "--out", str(workspace / "out")]) == 2
+    assert capsys.readouterr().err == ("error: train.tokens_per_batch: 64 gives 1 rows of max_seq_len 64; each of "
+                                       "the 2 ranks needs at least one\n")
+    assert_nothing_written(workspace)
+
+
 @pytest.mark.parametrize("name", SUBPROCESS)
 def test_mistake_in_a_real_process_prints_no_traceback(workspace, make_config, run_all, name):
     args, expected = case_command(workspace, make_config, name)
@@ -191,7 +207,7 @@ def test_eval_images_longer_than_a_row_get_a_row_of_their_own(reference, make_co
     assert main(["--config", str(wide), "--out", str(tmp_path / "wide"), "--variants", "nope", "--seeds", "0"]) == 0
     wide_rows = list(csv.DictReader(open(tmp_path / "wide" / "metrics.csv")))
     narrow_rows = [row for row in rows if row["variant"] == "nope" and row["seed"] == "0"]
-    assert len(wide_rows) == len(narrow_rows) == len(load_experiment(config).eval_sizes())
+    assert len(wide_rows) == len(narrow_rows) == len(make_plan(load_experiment(config)).sizes)
     for narrow, wide_row in zip(narrow_rows, wide_rows):
         assert narrow["num_tokens"] == wide_row["num_tokens"] and narrow["accuracy"] == wide_row["accuracy"]
         assert float(narrow["loss"]) == pytest.approx(float(wide_row["loss"]), rel=1e-5)
@@ -237,12 +253,19 @@ def load_text(tmp_path, text: str) -> Experiment:
     return load_experiment(path)
 
 
+def plan_text(tmp_path, text: str) -> dict:
+    """The resolved config of ``text``, loaded and planned."""
+    return make_plan(load_text(tmp_path, text)).config
+
+
 def accepts(tp, value) -> bool:
     """Whether ``value`` is of annotation ``tp`` (int is not bool; a float takes an int)."""
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return any(accepts(option, value) for option in typing.get_args(tp))
     if tp is type(None):
         return value is None
+    if typing.get_origin(tp) is typing.Literal:
+        return value in typing.get_args(tp)
     if dataclasses.is_dataclass(tp):
         return isinstance(value, dict)
     if typing.get_origin(tp) is list:
@@ -276,9 +299,9 @@ def test_a_value_of_the_wrong_type_is_an_error_naming_its_key(tmp_path, dotted, 
 @PROPERTY
 @given(dotted=st.sampled_from(sorted(KEYS)), value=yaml_values)
 def test_any_value_loads_or_is_a_one_line_error(tmp_path, dotted, value):
-    """Whatever a key holds, the loader gives a config or a BenchError, never another exception."""
+    """Whatever a key holds, loading and planning give a plan or a BenchError, never another exception."""
     try:
-        load_text(tmp_path, with_value(dotted, value))
+        plan_text(tmp_path, with_value(dotted, value))
     except BenchError as error:
         assert "\n" not in str(error)
 
@@ -333,7 +356,7 @@ def test_valid_values_load_exactly_as_written(tmp_path, steps, warmup, lr, share
     train = {**BASE["train"], "steps": steps, "warmup_steps": min(warmup, steps), "lr": lr, "min_lr": lr * share,
              "beta1": beta1, "grad_clip": grad_clip, "optimizer": optimizer, "schedule": schedule}
     raw = {**BASE, "seeds": seeds, "train": train, "data": {**BASE["data"], "task": task}}
-    loaded = to_dict(load_text(tmp_path, yaml.safe_dump(raw)))
+    loaded = plan_text(tmp_path, yaml.safe_dump(raw))
     assert loaded["seeds"] == seeds and loaded["data"]["task"] == task
     assert {key: loaded["train"][key] for key in train if key != "resolution"} == \
         {key: value for key, value in train.items() if key != "resolution"}

@@ -4,8 +4,8 @@ from dataclasses import fields
 import pytest
 import torch
 
-from bench.data import (DataConfig, DropConfig, ResolutionConfig, SyntheticSource, TrainBatches, build_source,
-                        eval_batches, train_loader)
+from bench.config import DataConfig, DropConfig, ResolutionConfig
+from bench.data import SyntheticSource, TrainBatches, build_source, eval_batches, train_loader
 from bench.errors import ConfigError
 from bench.packing import PAD, keep_count, patchify
 
@@ -121,10 +121,7 @@ def test_ranks_share_the_global_batch_disjointly(source):
     assert batch.num_images == len(shares[1]) == len(labels)
 
 
-def test_batch_config_errors_name_their_key(source):
-    with pytest.raises(ConfigError) as info:
-        batches_for(source, resolution=ResolutionConfig(min_side=20, max_side=64))
-    assert info.value.key == "resolution.min_side"
+def test_too_few_rows_for_the_ranks_names_the_key(source):
     with pytest.raises(ConfigError) as info:
         batches_for(source, tokens=512, seq=256, world_size=4)
     assert info.value.key == "tokens_per_batch"

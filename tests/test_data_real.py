@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.data import (CifarSource, DataConfig, DropConfig, ImageFolderSource, ResolutionConfig, TrainBatches,
-                        build_source)
+from bench.config import DataConfig, DropConfig, ResolutionConfig
+from bench.data import CifarSource, ImageFolderSource, TrainBatches, build_source
 from bench.errors import DataError
 
 SIZES = {"cat": [(20, 30), (40, 16), (24, 24), (30, 60)], "dog": [(16, 48), (36, 20), (28, 28), (60, 30)]}

@@ -7,7 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.data import DataConfig, DropConfig, EvalGridConfig, ResolutionConfig, budget_grid, eval_sizes
+from bench.config import DataConfig, DropConfig, EvalGridConfig, ResolutionConfig
+from bench.config.loader import build
+from bench.data import budget_grid, eval_sizes
 from bench.data.resolution import DEFAULT_SIDES, aspect_size, check_resolution, sample_side, train_size
 from bench.errors import ConfigError
 
@@ -16,11 +18,11 @@ P = 8
 
 @pytest.mark.parametrize("make,key", [
     (lambda: ResolutionConfig(min_side=64, max_side=32), "min_side"),
-    (lambda: ResolutionConfig(mode="random"), "mode"),
-    (lambda: ResolutionConfig(distribution="lognormal"), "distribution"),
+    (lambda: build(ResolutionConfig, {"mode": "random"}), "mode"),   # choices are the loader's to check
+    (lambda: build(ResolutionConfig, {"distribution": "lognormal"}), "distribution"),
     (lambda: ResolutionConfig(max_tokens=0), "max_tokens"),
-    (lambda: DataConfig(name="imagenet"), "name"),
-    (lambda: DataConfig(task="count"), "task"),
+    (lambda: build(DataConfig, {"name": "imagenet"}), "name"),
+    (lambda: build(DataConfig, {"task": "count"}), "task"),
     (lambda: DataConfig(name="imagefolder"), "root"),
     (lambda: DataConfig(aspect_range=[2.0, 0.5]), "aspect_range"),
     (lambda: DataConfig(test_fraction=1.0), "test_fraction"),
@@ -38,8 +40,8 @@ def test_config_sections_name_the_bad_key(make, key):
 
 
 def test_unknown_choices_list_the_valid_ones():
-    with pytest.raises(ConfigError, match="abs_position, rel_position, control"):
-        DataConfig(task="where")
+    with pytest.raises(ConfigError, match="expected one of 'abs_position', 'rel_position', 'control', got 'where'"):
+        build(DataConfig, {"task": "where"})
 
 
 @pytest.mark.parametrize("cfg,key,message", [

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 import bench
-from bench.data import TASKS, SyntheticSource
+from bench.config import TASKS
+from bench.data import SyntheticSource
 from bench.data.synthetic import NUM_WAVES, SHAPES, EMPTY, Scenes, render, sample_scenes, shape_sdf
 from bench.packing import pack
 

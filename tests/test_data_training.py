@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import bench
-from bench.data import DataConfig, DropConfig, ResolutionConfig, TrainBatches, build_source, eval_batches, train_loader
+from bench.config import DataConfig, DropConfig, ResolutionConfig
+from bench.data import TrainBatches, build_source, eval_batches, train_loader
 
 STEPS = 300
 CHANCE = 1 / 9

@@ -3,9 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.posembed import _FactorizedSinCos, build_posembed, list_variants, variant_class, variant_options
+from bench.posembed import GridLimits, _FactorizedSinCos, build_posembed, list_variants, variant_class, variant_options
 
 DIM, HEADS, DEPTH = 32, 2, 2
+# Derived from the registry, so a new variant is tested without editing this file.
 VARIANTS = list_variants()
 POSITIONAL = [v for v in VARIANTS if variant_class(v).kind != "none"]
 FRACTIONAL = [v for v in VARIANTS if variant_class(v).coordinates == "fractional"]
@@ -86,6 +87,18 @@ def test_resized_table_on_its_base_grid_is_the_table(variant):
     pos = make(variant, base_grid=(4, 6))
     out = pos.additive(*every_position(4, 6))
     assert torch.equal(out, pos.table.flatten(0, 1))
+
+
+def test_tables_are_sized_by_their_grid_defaults_hook():
+    grids = GridLimits(largest_train=6, largest_eval=9, train_square=3)
+    for variant in VARIANTS:
+        hook = variant_class(variant).grid_defaults(grids)
+        if variant in RESIZED:   # the vanilla ViT's training grid; the largest square a resized table trains on
+            assert hook == {"base_grid": 3}, variant
+        elif "max_grid" in variant_options(variant):   # every grid the experiment meets
+            assert hook == {"max_grid": 9}, variant
+        else:
+            assert hook == {}, f"{variant}: the base class's, nothing depends on the grids"
 
 
 @pytest.mark.parametrize("variant", RESIZED)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import math
 import os
@@ -18,23 +19,28 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image as PILImage
 
+from bench.config import ResolutionConfig
+from bench.data.synthetic import CLASS_NAMES
 from bench.errors import BenchError
+from bench.evaluate import Score
+from bench.plan import EvalPoint, TrainResolution
 from bench.report import update_readme, write_report
 from bench.report.__main__ import main as cli_main
 from bench.report.data import load_results
-from bench.store import METRICS_COLUMNS
+from bench.store import METRICS_COLUMNS, CellRecord, EvalRow, Store
 from bench.report.figstyle import FORMATS, PANEL_PLOT_IN, RC, aspect_axis, side_axis, styles
 from bench.report.figures import REGISTRY
 from bench.report.findings import clearly_better, retention_sides, write_findings
 from bench.report.readme import END, START
-from bench.report.tables import paired, paired_table
+from bench.report.tables import paired, paired_table, summary
 
 PATCH = 8
 SIDES = (32, 48, 64, 96, 128, 192, 256)
 ASPECTS = (0.25, 0.5, 1.0, 2.0, 4.0)
-TRAIN = {"mode": "navit", "min_side": 48, "max_side": 96}
-REF_SIDE = 64
+TRAIN = TrainResolution("navit", 48, 96, reference_side=64)
+REF_SIDE = TRAIN.reference_side
 STEPS = 50
+BASELINE = "vit_1d_interp"
 
 # label -> (base, combine, peak accuracy, loss per octave above / below range, per octave of aspect)
 PROFILES = {
@@ -66,8 +72,9 @@ def grid(sides=SIDES, aspects=ASPECTS):
 
 
 def make_store(out: Path, profiles=None, seeds=(0, 1, 2), failed=(), accuracy=None, noise=0.01,
-               sides=SIDES, aspects=ASPECTS):
-    """A results store like the runner's. ``failed``: (label, seed) pairs written as failed cells.
+               sides=SIDES, aspects=ASPECTS, task="abs_position"):
+    """A results store like the runner's, of the store's CellRecords. ``failed``: (label, seed)
+    pairs written as failed cells.
 
     ``accuracy(label, seed, h, w)`` overrides the profile model (for hand-built cases).
     """
@@ -82,43 +89,40 @@ def make_store(out: Path, profiles=None, seeds=(0, 1, 2), failed=(), accuracy=No
             evals = []
             for h, w in grid(sides, aspects) if ok else []:
                 side = round(math.sqrt(h * w))
-                rng_name = ("below" if side < TRAIN["min_side"]
-                            else "above" if side > TRAIN["max_side"] else "in")
+                rng_name = ("below" if side < TRAIN.min_side
+                            else "above" if side > TRAIN.max_side else "in")
                 if accuracy is not None:
                     acc = accuracy(label, seed, h, w)
                 else:
-                    acc = (peak + offset - above * max(0.0, math.log2(side / TRAIN["max_side"]))
-                           - below * max(0.0, math.log2(TRAIN["min_side"] / side))
+                    acc = (peak + offset - above * max(0.0, math.log2(side / TRAIN.max_side))
+                           - below * max(0.0, math.log2(TRAIN.min_side / side))
                            - aspect_loss * abs(math.log2(w / h)) + rng.normal(0, noise / 2))
                     acc = float(np.clip(acc, 0.01, 1.0))
-                evals.append({
-                    "variant": label, "base_variant": base, "seed": seed, "eval_height": h,
-                    "eval_width": w, "aspect": w / h, "side": side,
-                    "num_tokens": (h // PATCH) * (w // PATCH), "accuracy": acc,
-                    "loss": -math.log(max(acc, 1e-3)), "in_train_range": rng_name == "in",
-                    "train_range": rng_name, "at_train_res": h == w == REF_SIDE})
+                point = EvalPoint(h, w, w / h, side, (h // PATCH) * (w // PATCH), rng_name == "in", rng_name,
+                                  h == w == REF_SIDE)
+                evals.append(EvalRow(point, Score(acc, -math.log(max(acc, 1e-3)))))
             steps = np.arange(STEPS)  # from chance (ln 9) towards the cell's own level
             losses = math.log(9) - (math.log(9) + math.log(peak)) * (1 - np.exp(-steps / 15))
-            cell = {
-                "variant": label, "base_variant": base,
-                "options": {"combine": combine} if combine else {}, "seed": seed,
-                "config_hash": "abc123", "status": "ok" if ok else "failed",
-                "reason": None if ok else "loss became NaN at step 40",
-                "param_count": 100_000 + 1_000 * len(label), "train_time_s": 12.5, "eval_time_s": 0.5,
-                "tokens_seen": 10_000, "images_seen": 500, "steps": STEPS,
-                "final_train_loss": 1.0, "train_resolution": TRAIN, "eval": evals,
-                "train_losses": (losses + rng.normal(0, 0.05, STEPS)).tolist() if ok else [],
-                "config": {"data": {"name": "synthetic", "task": "abs_position"},
-                           "eval": {"grid": {"sides": list(sides), "aspects": list(aspects)}}}}
-            (out / "cells" / f"{label}__{seed}.json").write_text(json.dumps(cell))
-            rows += evals
-    pd.DataFrame(rows).to_csv(out / "metrics.csv", index=False)
+            cell = CellRecord(
+                variant=label, base_variant=base, options={"combine": combine} if combine else {},
+                resolution=ResolutionConfig(min_side=TRAIN.min_side, max_side=TRAIN.max_side), task=task,
+                seed=seed, config_hash="abc123", status="ok" if ok else "failed",
+                reason=None if ok else "loss became NaN at step 40", num_classes=len(CLASS_NAMES[task]),
+                param_count=100_000 + 1_000 * len(label), train_time_s=12.5, eval_time_s=0.5, tokens_seen=10_000,
+                images_seen=500, steps=STEPS, final_train_loss=1.0 if ok else None, train_resolution=TRAIN,
+                device="cpu", world_size=1,
+                train_losses=(losses + rng.normal(0, 0.05, STEPS)).tolist() if ok else [], eval=evals,
+                config={"data": {"name": "synthetic", "task": task},
+                        "eval": {"grid": {"sides": list(sides), "aspects": list(aspects)}}})
+            (out / "cells" / f"{label}__{seed}.json").write_text(json.dumps(cell.to_json()))
+            rows += [{"variant": label, "base_variant": base, "seed": seed, **row.to_json()} for row in evals]
+    pd.DataFrame(rows, columns=METRICS_COLUMNS).to_csv(out / "metrics.csv", index=False)
     return out
 
 
 # ---- one full report, shared by the tests that only read it ---------------------------------
 
-CONFIG = {"model": {"dim": 64, "depth": 4}, "seeds": [0, 1, 2], "eval": {"sides": list(SIDES)}}
+CONFIG = {"model": {"dim": 64, "depth": 4}, "seeds": [0, 1, 2], "eval": {"sides": list(SIDES)}, "baseline": BASELINE}
 ENV = {"torch": "2.14.1", "device": "cpu", "commit": "0123abc", "python": "3.11.9", "cpu": "2 cores"}
 FAILED = ("rope_mixed", 2)
 
@@ -220,7 +224,7 @@ def test_every_output_is_written_atomically(report):
     out, replaced = report
     outputs = ["summary.csv", "summary.md", "summary.tex", "paired_vs_baseline.csv",
                "paired_vs_baseline.tex", "per_seed.csv", "navit_fig10a.csv", "report.md",
-               "report.html"] + [f"figures/{spec.stem}.{fmt}" for spec in REGISTRY for fmt in FORMATS]
+               "report.html", "config.json"] + [f"figures/{spec.stem}.{fmt}" for spec in REGISTRY for fmt in FORMATS]
     for name in outputs:
         assert (out / name).is_file(), name
     assert {p.resolve() for p in replaced} == {(out / n).resolve() for n in outputs}
@@ -386,6 +390,59 @@ def test_combine_modes_finding(tmp_path):
     assert "the combine modes sum and stack are level" in text and "product is clearly behind" in text
 
 
+# ---- the baseline is the run's config key; the cell axes are the store's -------------------
+
+def test_the_baseline_is_the_configs(tmp_path):
+    out = make_store(tmp_path / "run", _profiles("vit_1d_interp", "rope_axial", "nope"), sides=(32, 64, 128))
+    write_report(out, {**CONFIG, "baseline": "nope"}, ENV)
+    md = (out / "report.md").read_text()
+    assert "## Paired comparison with the baseline, No embedding (NoPE)" in md
+    assert set(pd.read_csv(out / "paired_vs_baseline.csv")["baseline"]) == {"nope"}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{START}\n{END}\n")
+    update_readme(out, readme, tmp_path / "img")   # takes it from the config.json the report wrote
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded == {"baseline": "nope", "seeds": [0, 1, 2]}, "only the keys no cell holds"
+    folder = load_results(out)   # a redraw from the folder alone: the cells' part plus config.json's
+    assert folder.baseline == "nope" and folder.config["seeds"] == [0, 1, 2] and "data" in folder.config
+    write_report(out, {**CONFIG, "baseline": None}, ENV)
+    assert "The experiment names no baseline" in (out / "report.md").read_text()
+    assert not (out / "paired_vs_baseline.csv").exists()
+
+
+def test_summary_keeps_every_cell_axis_apart(tmp_path):
+    """One row per (variant, task): a second task is never averaged into the first."""
+    results = load_results(make_store(tmp_path, _profiles("vit_1d_interp", "rope_axial"), sides=(32, 64, 128)))
+    assert set(summary(results)["task"]) == {"abs_position"}
+    other = results.metrics.assign(task="control", accuracy=results.metrics["accuracy"] / 2)
+    both = dataclasses.replace(results, metrics=pd.concat([results.metrics, other], ignore_index=True),
+                               cells=pd.concat([results.cells, results.cells.assign(task="control")]))
+    table = summary(both).set_index(["variant", "task"])
+    one = summary(results).set_index("variant")
+    for variant in ("vit_1d_interp", "rope_axial"):
+        assert table.at[(variant, "abs_position"), "grid_mean"] == pytest.approx(one.at[variant, "grid_mean"])
+        assert table.at[(variant, "control"), "grid_mean"] == pytest.approx(one.at[variant, "grid_mean"] / 2)
+        assert table.at[(variant, "control"), "worst_mean"] == pytest.approx(one.at[variant, "worst_mean"] / 2)
+
+
+def test_results_of_several_tasks_are_refused_not_averaged(tmp_path):
+    make_store(tmp_path, _profiles("rope_axial"), sides=(32, 64))
+    make_store(tmp_path / "other", _profiles("nope"), sides=(32, 64), task="control")
+    for cell in (tmp_path / "other" / "cells").iterdir():
+        shutil.move(cell, tmp_path / "cells" / cell.name)
+    with pytest.raises(BenchError, match="holds cells of several tasks \\(abs_position, control\\)"):
+        load_results(tmp_path)
+
+
+def test_a_results_folder_from_before_cell_records_is_reported(tmp_path):
+    (tmp_path / "cells").mkdir()
+    shutil.copy(Path(__file__).parent / "data" / "cell_before_records.json", tmp_path / "cells" / "rope_axial__0.json")
+    Store(tmp_path).rebuild_metrics()
+    results = load_results(tmp_path)
+    assert results.cells[["variant", "task", "num_classes"]].values.tolist() == [["rope_axial", "abs_position", 9]]
+    assert set(results.metrics["task"]) == {"abs_position"}
+
+
 # ---- the edges: no data for a column, no baseline, no combine modes, all cells failed -------
 
 def test_missing_groups_are_na_and_missing_figures_explained(tmp_path):
@@ -465,6 +522,24 @@ def test_bad_store_raises_one_line_bench_error(tmp_path, damage, where, words):
         write_report(out, CONFIG, ENV)
     message = str(info.value)
     assert where in message and words in message and "\n" not in message
+
+
+def test_cells_of_two_configs_are_refused(tmp_path):
+    out = make_store(tmp_path, _profiles("rope_axial"), sides=(32, 64), aspects=(1.0,))
+    path = out / "cells" / "rope_axial__1.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "config_hash": "def456"}))
+    with pytest.raises(BenchError, match="cells of 2 different configs \\(config_hash abc123, def456\\)"):
+        load_results(out)
+
+
+@pytest.mark.parametrize("text, words", [("{not json", "is unreadable"), ("[1]", "must be a JSON object")])
+def test_a_bad_config_json_is_one_line_naming_it(tmp_path, capsys, text, words):
+    out = make_store(tmp_path, _profiles("rope_axial"), sides=(32, 64), aspects=(1.0,))
+    (out / "config.json").write_text(text)
+    assert cli_main(["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(out / "config.json") in err and words in err and err.count("\n") == 1
+    assert not (out / "report.md").exists()
 
 
 # ---- styles and README -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from bench.data.synthetic import CLASS_NAMES
 from bench.posembed import _REGISTRY, PositionalEmbedding
 from bench.report import compare_runs, update_readme, write_report
 from bench.report.__main__ import main as cli_main
-from bench.report.data import display_name, family_of, load_results, num_classes_of, task_of
+from bench.report.data import display_name, family_of, load_results
 from bench.report.figstyle import RC, styles
 from bench.report.figures import REGISTRY
 from bench.report.latex import latex_table
@@ -149,17 +149,26 @@ def test_navit_fig10a_csv_is_in_percent(small):
 
 # ---- chance, clipping, names -----------------------------------------------------------------
 
-def test_num_classes_prefers_the_stored_field():
-    abs_config = {"config": {"data": {"name": "synthetic", "task": "abs_position"}}}
-    assert num_classes_of(abs_config) == 9
-    assert num_classes_of({**abs_config, "num_classes": 7}) == 7
+def test_chance_is_each_records_num_classes_derived_for_older_cells(tmp_path):
+    """Chance = 1 / the CellRecord's num_classes; a cell file from before that field gets it (and
+    its task) from the config it stores (bench.store), None when the config does not tell."""
+    out = small_store(tmp_path, labels=("rope_axial",), seeds=(0,))
+    results = load_results(out)
+    assert results.cells["num_classes"].tolist() == [9] and (results.metrics["chance"] == 1 / 9).all()
+    path = out / "cells" / "rope_axial__0.json"
+    cell = json.loads(path.read_text())
+    path.write_text(json.dumps({**cell, "num_classes": 7}))   # the record's own count wins
+    assert (load_results(out).metrics["chance"] == 1 / 7).all()
+    older = {k: v for k, v in cell.items() if k not in ("task", "num_classes")}
     expected = {"abs_position": 9, "rel_position": 4, "control": 4}
     for task, n in expected.items():
-        cell = {"config": {"data": {"name": "synthetic", "task": task}}}
-        assert num_classes_of(cell) == n == len(CLASS_NAMES[task])
-    assert num_classes_of({"config": {"data": {"name": "imagefolder", "root": "x"}}}) is None
-    assert task_of({**abs_config, "task": "control"}) == "control"
-    assert task_of(abs_config) == "abs_position" and task_of({}) == "unknown"
+        path.write_text(json.dumps({**older, "config": {**older["config"], "data": {"name": "synthetic", "task": task}}}))
+        cells = load_results(out).cells
+        assert cells[["task", "num_classes"]].values.tolist() == [[task, n]] and n == len(CLASS_NAMES[task])
+    path.write_text(json.dumps({**older, "config": {**older["config"], "data": {"name": "imagefolder", "root": "x"}}}))
+    results = load_results(out)
+    assert results.cells["task"].tolist() == ["imagefolder"] and results.cells["num_classes"].isna().all()
+    assert results.metrics["chance"].isna().all()
 
 
 def _horizontal_levels(ax) -> set[float]:

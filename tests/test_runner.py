@@ -13,12 +13,14 @@ import pytest
 import torch
 
 import bench
-from bench import cli, posembed
-from bench.cli import Cell, main, plan_cells
+from bench import posembed, runner
+from bench.cli import main
 from bench.config import load_experiment
 from bench.data import TrainBatches, build_source
+from bench.plan import make_plan
+from bench.runtime import Interrupted, Ranks
 from bench.store import METRICS_COLUMNS, Store
-from bench.train import CellTrainer, Interrupted, Ranks, build_cell_model
+from bench.train import CellTrainer, build_cell_model
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = """
@@ -69,22 +71,24 @@ def test_run_writes_the_results_store(finished):
     cells = store.cells()
     assert sorted(cells) == CELLS
     assert not list(store.checkpoints_dir.glob("*")), "checkpoints are removed when a cell finishes"
-    sizes = load_experiment(config).eval_sizes()
+    plan = make_plan(load_experiment(config))
     for name, cell in cells.items():
-        assert cell["status"] == "ok" and cell["reason"] is None
-        assert cell["param_count"] == sum(p.numel() for p in build_cell_model(
-            load_experiment(config), load_experiment(config).variant(cell["variant"]), 9, 3, 0).parameters())
-        assert cell["steps"] == 8 and len(cell["train_losses"]) == 8 and cell["train_time_s"] > 0
-        assert [(r["eval_height"], r["eval_width"]) for r in cell["eval"]] == sizes
-        assert cell["train_resolution"] == {"mode": "navit", "min_side": 16, "max_side": 24, "reference_side": 16}
+        assert cell.status == "ok" and cell.reason is None and (cell.task, cell.num_classes) == ("abs_position", 9)
+        variant = plan.variant(cell.variant)
+        assert cell.param_count == sum(p.numel() for p in build_cell_model(
+            plan.experiment.model, variant.spec, 9, 3, 0).parameters())
+        assert cell.steps == 8 and len(cell.train_losses) == 8 and cell.train_time_s > 0
+        assert [row.point for row in cell.eval] == list(variant.eval_points)
+        assert cell.train_resolution == variant.train_resolution and variant.train_resolution.reference_side == 16
+        assert cell.config_hash == plan.config_hash and cell.config == plan.hashed_config
     # Equal budget and data order: every variant of a seed saw the very same images and tokens.
     for seed in (0, 1):
-        seen = {(c["tokens_seen"], c["images_seen"]) for c in cells.values() if c["seed"] == seed}
+        seen = {(c.tokens_seen, c.images_seen) for c in cells.values() if c.seed == seed}
         assert len(seen) == 1
     with open(out / "metrics.csv") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
-    assert reader.fieldnames == METRICS_COLUMNS and len(rows) == len(CELLS) * len(sizes)
+    assert reader.fieldnames == METRICS_COLUMNS and len(rows) == len(CELLS) * len(plan.sizes)
     square = [r for r in rows if r["variant"] == "nope" and r["seed"] == "0" and r["eval_width"] == r["eval_height"]]
     assert [(r["side"], r["train_range"], r["in_train_range"], r["at_train_res"]) for r in square] == [
         ("8", "below", "False", "False"), ("16", "in", "True", "True"), ("24", "in", "True", "False"),
@@ -102,13 +106,14 @@ def test_rerun_skips_finished_cells(finished, monkeypatch):
 
 
 def test_resumed_training_is_bit_identical(finished, tmp_path):
-    experiment = load_experiment(finished[0])
-    spec, train = experiment.variant("factorized_abs_learned+stack"), experiment.train
+    plan = make_plan(load_experiment(finished[0]))
+    experiment = plan.experiment
+    spec, train = plan.variant("factorized_abs_learned+stack").spec, experiment.train
     source = build_source(experiment.data, "train")
     store = Store(tmp_path)
 
     def train_model(**hooks):
-        model = build_cell_model(experiment, spec, source.num_classes, source.channels, seed=1)
+        model = build_cell_model(experiment.model, spec, source.num_classes, source.channels, seed=1)
         batches = TrainBatches(source, train.resolution, train.token_drop, 4, train.tokens_per_batch,
                                train.max_seq_len, seed=1)
         trainer = CellTrainer(train, torch.device("cpu"), Ranks(), show_progress=False, **hooks)
@@ -156,8 +161,8 @@ def test_non_finite_loss_fails_only_that_cell(tmp_path, monkeypatch):
     assert main(["--config", str(config), "--out", str(out)]) == 1
     cells = Store(out).cells()
     failed, ok = cells["factorized_abs_sincos__0"], cells["nope__0"]
-    assert failed["status"] == "failed" and failed["reason"] == "train loss became nan at step 0"
-    assert failed["eval"] == [] and ok["status"] == "ok"
+    assert failed.status == "failed" and failed.reason == "train loss became nan at step 0"
+    assert failed.eval == [] and failed.final_train_loss is None and ok.status == "ok"
     variants = {row["variant"] for row in csv.DictReader(open(out / "metrics.csv"))}
     assert variants == {"nope"}
     assert main(["--config", str(config), "--out", str(out)]) == 1, "a recorded failure keeps the exit status"
@@ -187,18 +192,8 @@ def test_growing_the_experiment_reuses_finished_cells(finished, tmp_path, monkey
     shutil.copytree(reference, out)
     grown = write_config(tmp_path, **{"rope_axial]": "rope_axial, factorized_frac_sincos]",
                                       "seeds: [0, 1]": "seeds: [0, 1, 2]"})
-    monkeypatch.setattr(cli.Runner, "run_cell", lambda self, cell: pytest.fail(f"{cell.name} was trained again"))
+    monkeypatch.setattr(runner.Runner, "run_cell", lambda self, cell: pytest.fail(f"{cell.name} was trained again"))
     assert main(["--config", str(grown), "--out", str(out), "--variants", "nope,rope_axial", "--seeds", "1,0"]) == 0
-
-
-def test_shards_partition_the_cells():
-    specs = [type("Spec", (), {"label": v})() for v in bench.list_variants()[:5]]
-    every = {(c.spec.label, c.seed) for c in plan_cells(specs, [0, 1, 2], (0, 1))}
-    for count in (1, 2, 3, 4, 7, 20):
-        shards = [plan_cells(specs, [0, 1, 2], (index, count)) for index in range(count)]
-        names = [(c.spec.label, c.seed) for shard in shards for c in shard]
-        assert len(names) == len(every) and set(names) == every
-        assert max(map(len, shards)) - min(map(len, shards)) <= 1
 
 
 def test_concurrent_shards_and_a_duplicate_share_one_directory(finished, tmp_path):
@@ -224,12 +219,12 @@ def test_ddp_two_processes_match_one(finished, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     single = Store(reference).read_cell("factorized_abs_learned+stack", 1)
     double = Store(out).read_cell("factorized_abs_learned+stack", 1)
-    assert double["world_size"] == 2 and single["world_size"] == 1
-    assert (double["tokens_seen"], double["images_seen"]) == (single["tokens_seen"], single["images_seen"])
-    assert double["train_losses"] == pytest.approx(single["train_losses"], rel=1e-4, abs=1e-5)
-    for a, b in zip(single["eval"], double["eval"]):
-        assert b["loss"] == pytest.approx(a["loss"], rel=1e-3)
-        assert abs(a["accuracy"] - b["accuracy"]) <= 1 / 24 + 1e-9  # at most one borderline image flips
+    assert double.world_size == 2 and single.world_size == 1
+    assert (double.tokens_seen, double.images_seen) == (single.tokens_seen, single.images_seen)
+    assert double.train_losses == pytest.approx(single.train_losses, rel=1e-4, abs=1e-5)
+    for a, b in zip(single.eval, double.eval):
+        assert b.score.loss == pytest.approx(a.score.loss, rel=1e-3)
+        assert abs(a.score.accuracy - b.score.accuracy) <= 1 / 24 + 1e-9  # at most one borderline image flips
 
 
 def test_quick_experiment_runs_end_to_end(tmp_path):
@@ -237,9 +232,9 @@ def test_quick_experiment_runs_end_to_end(tmp_path):
     done = run_cli("--config", REPO / "experiments" / "quick.yaml", "--out", out, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     cells = Store(out).cells()
-    assert sorted(cell["base_variant"] for cell in cells.values()) == sorted(bench.list_variants())
+    assert sorted(cell.base_variant for cell in cells.values()) == sorted(bench.list_variants())
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert len(rows) == len(cells) * len(load_experiment(REPO / "experiments" / "quick.yaml").eval_sizes())
+    assert len(rows) == len(cells) * len(make_plan(load_experiment(REPO / "experiments" / "quick.yaml")).sizes)
     assert (out / "report.md").exists() and f"{len(cells)}/{len(cells)} cells finished" in done.stdout
 
 
@@ -284,7 +279,3 @@ def test_cli_subprocess_reports_config_errors_without_traceback(tmp_path):
         "steps, tokens_per_batch, max_seq_len, optimizer, lr, min_lr, schedule, warmup_steps, weight_decay, " \
         "beta1, beta2, grad_clip, resolution, token_drop, num_workers, checkpoint_every"
 
-
-def test_plan_is_seed_major():
-    specs = [type("Spec", (), {"label": v})() for v in ("a", "b")]
-    assert [Cell(c.spec, c.seed).name for c in plan_cells(specs, [0, 1], (0, 1))] == ["a__0", "b__0", "a__1", "b__1"]

@@ -1,24 +1,95 @@
-"""The results store: atomic files, per-cell claims, compatibility checks, metrics.csv."""
+"""The results store: typed cell records, atomic files, per-cell claims, compatibility checks, metrics.csv."""
 import csv
+import dataclasses
 import errno
+import json
 import os
+import shutil
+from pathlib import Path
 
 import pytest
 
 from bench import store as store_module
-from bench.store import METRICS_COLUMNS, Store, StoreError, atomic_write
+from bench.config import ResolutionConfig
+from bench.evaluate import Score
+from bench.plan import EvalPoint, TrainResolution
+from bench.store import CELL_AXES, METRIC_TYPES, METRICS_COLUMNS, CellRecord, EvalRow, Store, StoreError, atomic_write
 
-CONFIG = {"train": {"lr": 0.001, "steps": 10}, "model": {"dim": 32}}
-IDENTITY = {"base_variant": "nope", "options": {}, "resolution": {"mode": "navit"}}
+CONFIG = {"data": {"name": "synthetic", "task": "rel_position"}, "train": {"lr": 0.001, "steps": 10},
+          "model": {"dim": 32}}
+IDENTITY = {"base_variant": "nope", "options": {}, "resolution": dataclasses.asdict(ResolutionConfig())}
 
 
-def make_cell(label, seed, status="ok", config_hash="h1", config=CONFIG, sizes=((16, 16), (8, 24))):
-    rows = [{"eval_height": h, "eval_width": w, "aspect": w / h, "side": round((h * w) ** 0.5),
-             "num_tokens": h * w // 64, "accuracy": 0.5, "loss": 1.25, "in_train_range": True,
-             "train_range": "in", "at_train_res": h == w} for h, w in sizes]
-    return {"variant": label, **IDENTITY, "seed": seed, "config_hash": config_hash, "config": config,
-            "status": status, "reason": None if status == "ok" else "train loss became nan at step 3",
-            "eval": rows if status == "ok" else []}
+def make_cell(label, seed, status="ok", config_hash="h1", config=CONFIG, sizes=((16, 16), (8, 24))) -> CellRecord:
+    rows = [EvalRow(EvalPoint(h, w, w / h, round((h * w) ** 0.5), h * w // 64, True, "in", h == w), Score(0.5, 1.25))
+            for h, w in sizes]
+    ok = status == "ok"
+    return CellRecord(variant=label, base_variant="nope", options={}, resolution=ResolutionConfig(),
+                      task="rel_position", seed=seed, config_hash=config_hash, status=status,
+                      reason=None if ok else "train loss became nan at step 3", num_classes=4, param_count=1234,
+                      train_time_s=1.5, eval_time_s=0.25, tokens_seen=100, images_seen=10, steps=10,
+                      final_train_loss=1.0 if ok else None, train_resolution=TrainResolution("navit", 16, 24, 16),
+                      device="cpu", world_size=1, train_losses=[2.0, 1.0], eval=rows if ok else [], config=config)
+
+
+def test_a_cell_record_round_trips_through_its_file(tmp_path):
+    store = Store(tmp_path)
+    for cell in (make_cell("a", 0), make_cell("b", 3, status="failed")):
+        store.write_cell(cell)
+        assert store.read_cell(cell.variant, cell.seed) == cell
+    raw = json.loads(store.cell_path("a", 0).read_text())
+    assert list(raw) == [f.name for f in dataclasses.fields(CellRecord)]
+    assert raw["eval"][0] == {"eval_height": 16, "eval_width": 16, "aspect": 1.0, "side": 16, "num_tokens": 4,
+                              "in_train_range": True, "train_range": "in", "at_train_res": True,
+                              "accuracy": 0.5, "loss": 1.25}
+    assert raw["train_resolution"] == {"mode": "navit", "min_side": 16, "max_side": 24, "reference_side": 16}
+
+
+def test_cell_files_written_before_task_and_num_classes_still_load(tmp_path):
+    """tests/data/cell_before_records.json is a cell of experiments/quick.yaml written by commit
+    8a15602, before CellRecord (train_losses shortened): task and num_classes come from its config."""
+    old = json.loads((Path(__file__).parent / "data" / "cell_before_records.json").read_text())
+    assert "task" not in old and "num_classes" not in old
+    store = Store(tmp_path)
+    store.cells_dir.mkdir()
+    (store.cells_dir / "rope_axial__0.json").write_text(json.dumps(old))
+    cell = store.read_cell("rope_axial", 0)
+    assert (cell.task, cell.num_classes) == ("abs_position", 9)
+    assert cell.eval[0].point.side == 7 and cell.eval[0].score.accuracy == old["eval"][0]["accuracy"]
+    store.check_compatible(old["config_hash"], old["config"], {"rope_axial": cell.identity})
+    assert store.rebuild_metrics() == len(old["eval"])
+    for name, task, classes in (("cifar100", None, 100), ("imagefolder", None, None)):
+        other = {**old, "config": {**old["config"], "data": {**old["config"]["data"], "name": name}}}
+        (store.cells_dir / "rope_axial__0.json").write_text(json.dumps(other))
+        assert (store.read_cell("rope_axial", 0).task, store.read_cell("rope_axial", 0).num_classes) == (name, classes)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[1, 2]", "a result cell must be a JSON object"),
+    ('{"variant": "a"}', "result cell lacks base_variant, options, resolution, task, seed"),
+    (None, "status must be 'ok' or 'failed', got 'done'"),
+    (None, "malformed result cell"),
+])
+def test_a_cell_file_that_is_not_a_record_is_named(tmp_path, text, words):
+    store = Store(tmp_path)
+    raw = make_cell("a", 0).to_json()
+    if text is None and "status" in words:
+        text = json.dumps({**raw, "status": "done"})
+    elif text is None:
+        text = json.dumps({**raw, "eval": [{"eval_height": 8}]})
+    store.cells_dir.mkdir()
+    (store.cells_dir / "a__0.json").write_text(text)
+    with pytest.raises(StoreError) as caught:
+        store.cells()
+    assert str(caught.value).startswith(f"{store.cells_dir / 'a__0.json'}: ") and words in str(caught.value)
+
+
+def test_the_schema_names_the_cell_axes_and_types_every_metrics_column():
+    assert CELL_AXES == ("variant", "task")
+    point, score = (f.name for f in dataclasses.fields(EvalPoint)), (f.name for f in dataclasses.fields(Score))
+    assert set(METRICS_COLUMNS) == {"variant", "base_variant", "seed", *point, *score}, \
+        "an eval-point field is a metrics column"
+    assert METRIC_TYPES["seed"] is int and METRIC_TYPES["accuracy"] is float and METRIC_TYPES["at_train_res"] is bool
 
 
 def test_atomic_write_replaces_whole_files(tmp_path):
@@ -77,19 +148,32 @@ def test_metrics_are_rebuilt_from_ok_cells_in_a_stable_order(tmp_path):
     assert rows[1]["aspect"] == "3.0" and rows[1]["at_train_res"] == "False"
 
 
+def test_metrics_of_a_results_folder_from_before_records_are_rebuilt_byte_for_byte(tmp_path):
+    before = Path(__file__).parent / "data" / "cell_before_records.json"
+    store = Store(tmp_path)
+    store.cells_dir.mkdir()
+    shutil.copy(before, store.cells_dir / "rope_axial__0.json")
+    store.rebuild_metrics()
+    old = json.loads(before.read_text())
+    expected = "".join([",".join(METRICS_COLUMNS) + "\n"] + [",".join(
+        str({"variant": "rope_axial", "base_variant": "rope_axial", "seed": 0, **row}[c]) for c in METRICS_COLUMNS)
+        + "\n" for row in sorted(old["eval"], key=lambda r: (r["eval_height"], r["eval_width"]))])
+    assert store.metrics_path.read_text() == expected
+
+
 def test_writing_a_cell_removes_its_checkpoint(tmp_path):
     store = Store(tmp_path)
     store.save_checkpoint("a", 0, {"step": 3})
     assert store.load_checkpoint("a", 0) == {"step": 3}
     store.write_cell(make_cell("a", 0))
-    assert store.load_checkpoint("a", 0) is None and store.read_cell("a", 0)["status"] == "ok"
+    assert store.load_checkpoint("a", 0) is None and store.read_cell("a", 0).status == "ok"
 
 
 def test_results_of_another_config_are_refused_with_the_differing_keys(tmp_path):
     store = Store(tmp_path / "out")
     store.write_cell(make_cell("a", 0))
     store.check_compatible("h1", CONFIG, {"a": IDENTITY})
-    changed = {"train": {"lr": 0.01, "steps": 10}, "model": {"dim": 64}}
+    changed = {**CONFIG, "train": {"lr": 0.01, "steps": 10}, "model": {"dim": 64}}
     with pytest.raises(StoreError) as caught:
         store.check_compatible("h2", changed, {"a": IDENTITY})
     message = str(caught.value)

@@ -2,18 +2,23 @@
 
 build_source(DataConfig, split) gives an ImageSource (indexed images loadable at any size);
 TrainBatches turns one into packed training batches indexed by step; eval_batches packs every
-test image at one size of the evaluation grid (eval_sizes). See docs/data.md.
+test image at one size of the evaluation grid (eval_sizes). The config sections it reads
+(DataConfig, ResolutionConfig, DropConfig, EvalGridConfig) are bench.config's. See docs/data.md.
 """
 from __future__ import annotations
 
-from .batching import TrainBatches, eval_batches, train_loader
-from .config import (DATASETS, DROP_KINDS, RESOLUTION_MODES, SIDE_DISTRIBUTIONS, TASKS, DataConfig, DropConfig,
-                     EvalGridConfig, ResolutionConfig)
+from ..config import DataConfig
+from .batching import TrainBatches, eval_batches, rows_per_step, train_loader
 from .real import CifarSource, ImageFolderSource
-from .resolution import budget_grid, budget_size, eval_sizes
+from .resolution import aspect_size, budget_grid, budget_size, check_resolution, eval_sizes
 from .source import ImageSource
 from .streams import SPLITS
-from .synthetic import SyntheticSource
+from .synthetic import CLASS_NAMES, SyntheticSource
+
+# Bumped whenever the same config gives other images or batches (renderer, batch drawing), so a
+# results folder never mixes cells of two versions: it is part of every cell's config hash.
+DATA_VERSION = 2
+CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
 def build_source(cfg: DataConfig, split: str) -> ImageSource:
@@ -32,9 +37,14 @@ def build_source(cfg: DataConfig, split: str) -> ImageSource:
     return CifarSource(cfg.name, cfg.root, split, cfg.download)
 
 
+def known_num_classes(name: str, task: str) -> int | None:
+    """The class count of a dataset that its config alone gives (None for an image folder,
+    whose subfolders decide it)."""
+    return len(CLASS_NAMES[task]) if name == "synthetic" else CIFAR_CLASSES.get(name)
+
+
 __all__ = [
-    "DATASETS", "DROP_KINDS", "RESOLUTION_MODES", "SIDE_DISTRIBUTIONS", "TASKS",
-    "CifarSource", "DataConfig", "DropConfig", "EvalGridConfig", "ImageFolderSource", "ImageSource",
-    "ResolutionConfig", "SyntheticSource", "TrainBatches", "budget_grid", "budget_size", "build_source",
-    "eval_batches", "eval_sizes", "train_loader",
+    "DATA_VERSION", "CifarSource", "ImageFolderSource", "ImageSource", "SyntheticSource", "TrainBatches",
+    "aspect_size", "budget_grid", "budget_size", "build_source", "check_resolution", "eval_batches", "eval_sizes",
+    "known_num_classes", "rows_per_step", "train_loader",
 ]

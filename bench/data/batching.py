@@ -15,10 +15,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import DropConfig, ResolutionConfig
 from ..errors import ConfigError
 from ..packing import PackedBatch, keep_count, plan_rows
-from .config import DropConfig, ResolutionConfig
-from .resolution import check_resolution, train_sizes
+from .resolution import train_sizes
 from .source import ImageSource
 from .streams import BATCH, stream
 
@@ -35,6 +35,15 @@ class Pick:
     kept: int                  # tokens left after token dropping
 
 
+def rows_per_step(tokens_per_batch: int, max_seq_len: int, world_size: int) -> int:
+    """Packed rows of one training batch; each of the ``world_size`` ranks needs at least one."""
+    rows = tokens_per_batch // max_seq_len
+    if rows < world_size:
+        raise ConfigError("tokens_per_batch", f"{tokens_per_batch} gives {rows} rows of max_seq_len "
+                                              f"{max_seq_len}; each of the {world_size} ranks needs at least one")
+    return rows
+
+
 class TrainBatches(Dataset):
     """``batches[step]`` -> (PackedBatch, labels [N] long) for that training step.
 
@@ -42,19 +51,14 @@ class TrainBatches(Dataset):
     a drop rate, until the batch's rows (tokens_per_batch // max_seq_len rows of max_seq_len
     tokens) are full: the first image that fits no row (first fit, in draw order) ends the batch.
     The images are then packed longest first, which often needs a row less (less padding to
-    compute). The budget counts tokens kept after dropping. tokens_per_batch is global: with world_size > 1, rank r takes the packed
-    rows r, r + world_size, ... of the same global batch.
+    compute). The budget counts tokens kept after dropping. tokens_per_batch is global: with
+    world_size > 1, rank r takes the packed rows r, r + world_size, ... of the same global batch.
+    The resolution is the plan's to check (bench.plan), against the patch size and max_seq_len.
     """
 
     def __init__(self, source: ImageSource, resolution: ResolutionConfig, drop: DropConfig, patch_size: int,
                  tokens_per_batch: int, max_seq_len: int, seed: int, rank: int = 0, world_size: int = 1):
-        if max_seq_len < 1:
-            raise ConfigError("max_seq_len", f"must be >= 1 (got {max_seq_len})")
-        check_resolution(resolution, patch_size, max_seq_len)
-        self.num_rows = tokens_per_batch // max_seq_len
-        if self.num_rows < world_size:
-            raise ConfigError("tokens_per_batch", f"{tokens_per_batch} gives {self.num_rows} rows of max_seq_len "
-                                                  f"{max_seq_len}; each of the {world_size} ranks needs at least one")
+        self.num_rows = rows_per_step(tokens_per_batch, max_seq_len, world_size)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.source, self.resolution, self.drop = source, resolution, drop
@@ -147,9 +151,7 @@ def eval_batches(source: ImageSource, size: tuple[int, int], patch_size: int, to
     A batch holds as many whole rows of images as tokens_per_batch allows (an image longer than
     max_seq_len gets a row of its own), and at least one image.
     """
-    height, width = size
-    if height < patch_size or width < patch_size or height % patch_size or width % patch_size:
-        raise ValueError(f"eval size {height}x{width} is not a positive multiple of patch_size {patch_size}")
+    height, width = size   # packing refuses a size that is not a multiple of the patch
     tokens = (height // patch_size) * (width // patch_size)
     if tokens <= max_seq_len:
         per_batch = max(1, tokens_per_batch // max_seq_len) * (max_seq_len // tokens)

@@ -11,8 +11,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from ..config import EvalGridConfig, ResolutionConfig
 from ..errors import ConfigError
-from .config import EvalGridConfig, ResolutionConfig
 
 DEFAULT_SIDES = (32, 48, 64, 96, 128, 192, 256)   # eval grid when neither sizes nor sides are given
 # NaViT's best side distribution was a truncated normal biased to low resolutions. Ours, on the
@@ -72,14 +72,18 @@ def budget_size(native: tuple[int, int], patch_size: int, max_tokens: int) -> tu
     return rows * patch_size, cols * patch_size
 
 
+def check_patch_multiple(key: str, *lengths: int, patch_size: int) -> None:
+    """The one rule for every configured length in px: a positive multiple of the patch size."""
+    if any(length < patch_size or length % patch_size for length in lengths):
+        raise ConfigError(key, f"{'x'.join(map(str, lengths))} is not a positive multiple of patch_size {patch_size}")
+
+
 def check_resolution(cfg: ResolutionConfig, patch_size: int, max_seq_len: int) -> None:
     """Patch-dependent checks of the active mode; keys are relative to the train section."""
     p = patch_size
     sides = {"fixed": ("side",), "navit": ("min_side", "max_side"), "budget": ()}[cfg.mode]
     for name in sides:
-        value = getattr(cfg, name)
-        if value < p or value % p:
-            raise ConfigError(f"resolution.{name}", f"{value} is not a positive multiple of patch_size {p}")
+        check_patch_multiple(f"resolution.{name}", getattr(cfg, name), patch_size=p)
     if cfg.mode == "budget":
         if cfg.max_tokens > max_seq_len:
             raise ConfigError("resolution.max_tokens", f"{cfg.max_tokens} tokens per image, more than "
@@ -129,13 +133,11 @@ def eval_sizes(grid: EvalGridConfig, patch_size: int) -> list[tuple[int, int]]:
     if grid.sizes is not None:
         sizes = []
         for i, (height, width) in enumerate(grid.sizes):
-            if height < p or width < p or height % p or width % p:
-                raise ConfigError(f"grid.sizes[{i}]", f"{height}x{width} is not a positive multiple of patch_size {p}")
+            check_patch_multiple(f"grid.sizes[{i}]", height, width, patch_size=p)
             sizes.append((height, width))
     else:
         sides = grid.sides or [round_to_patch(side, p) for side in DEFAULT_SIDES]
         for i, side in enumerate(sides):
-            if side < p or side % p:
-                raise ConfigError(f"grid.sides[{i}]", f"{side} is not a positive multiple of patch_size {p}")
+            check_patch_multiple(f"grid.sides[{i}]", side, patch_size=p)
         sizes = [aspect_size(side, aspect, p) for side in sides for aspect in grid.aspects or [1.0]]
     return list(dict.fromkeys(sizes))

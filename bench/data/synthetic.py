@@ -25,8 +25,8 @@ import torch
 from numba import njit, vectorize
 from torch import Tensor
 
+from ..config import TASKS
 from ..packing import Layout, PackedBatch, layout, patch_grids
-from .config import TASKS
 from .source import ImageSource
 from .streams import ASPECT, SCENE, SPLITS, keyed_uniforms
 

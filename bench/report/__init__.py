@@ -1,8 +1,8 @@
 """The report: tables, figures, report.md and report.html from a results directory.
 
 ``write_report(out_dir)`` is called by the runner at the end of every run (with its config and
-environment) and rebuilds the report from a results folder alone, reading the config the cells
-store; ``update_readme`` copies a run's summary and main figures into README.md;
+environment) and rebuilds the report from a results folder alone, reading the folder's config
+(the part every cell stores, the rest from config.json); ``update_readme`` copies a run's summary and main figures into README.md;
 ``compare_runs(a, b)`` compares two runs cell by cell. CLI: ``python -m bench.report``. See
 docs/report.md for the outputs.
 """

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from ..store import atomic_write
-from .data import BASELINE, EXTREME_ELONGATION, Results, display_name, load_results
+from ..store import Store, atomic_write
+from .data import EXTREME_ELONGATION, Results, load_results
 from .document import (Block, Bullets, Code, Heading, Image, Note, Paragraph, Table, html_page,
                        markdown)
 from .figstyle import FORMATS
@@ -28,12 +28,17 @@ SMOKE_NOTE = Note("Smoke run: do not cite.",
 
 def write_report(out_dir: Path, config: dict | None = None, environment: dict | None = None) -> None:
     """Read DIR/cells and DIR/metrics.csv; write the tables (CSV, Markdown, LaTeX), figures/,
-    report.md and report.html. ``config`` and ``environment`` are the runner's; without them the
-    report uses the config stored in the cells, and what the cells and DIR/run.json record.
+    report.md and report.html. ``config`` and ``environment`` are the runner's: the config is
+    recorded in DIR/config.json (``Store.write_config``). Without them the report uses the
+    folder's config (the cells' part and config.json's, ``Store.config``), and what the cells and
+    DIR/run.json record.
 
     Raises BenchError (one line naming the path) when the store is missing or malformed.
     """
     out_dir = Path(out_dir)
+    store = Store(out_dir)
+    if config is not None:
+        store.write_config(config)
     results = load_results(out_dir, config)
     provenance = read_provenance(out_dir, results, environment)
     table, pairs, seeds = summary(results), paired(results), by_seed(results)
@@ -49,7 +54,7 @@ def write_report(out_dir: Path, config: dict | None = None, environment: dict | 
     else:
         _write_text(out_dir / "paired_vs_baseline.csv", pairs.to_csv(index=False))
         _write_text(out_dir / "paired_vs_baseline.tex", latex_table(paired_table(pairs), _latex_comment(
-            f"Paired difference from {BASELINE} (percentage points), mean +/- std over seeds "
+            f"Paired difference from {results.baseline} (percentage points), mean +/- std over seeds "
             f"(seeds sharing the sign)", source)))
     _write_text(out_dir / "per_seed.csv", seeds.to_csv(index=False))
     _write_text(out_dir / "navit_fig10a.csv", fig10a_csv(navit).to_csv(index=False))
@@ -62,8 +67,9 @@ def write_report(out_dir: Path, config: dict | None = None, environment: dict | 
         *findings_blocks(results),
         Heading(2, "Summary"),
         *summary_blocks(table),
-        Heading(2, f"Paired comparison with the baseline, {display_name(BASELINE, BASELINE)}"),
-        *_paired_blocks(pairs),
+        Heading(2, f"Paired comparison with the baseline, {results.title(results.baseline)}"
+                if results.baseline else "Paired comparison with a baseline"),
+        *_paired_blocks(pairs, results),
         Heading(2, "Per seed"),
         *_seed_blocks(seeds),
         Heading(2, "NaViT Fig. 10a format"),
@@ -77,7 +83,7 @@ def write_report(out_dir: Path, config: dict | None = None, environment: dict | 
         Heading(2, "Files"),
         Bullets(_files(pairs is not None, figures)),
         Heading(2, "Experiment config"),
-        *_config_blocks(results, config is not None),
+        *_config_blocks(results, config is not None, store.config_path.is_file()),
         Heading(2, "Environment"),
         *_environment_blocks(provenance),
         Heading(2, "How the numbers are computed"),
@@ -116,12 +122,15 @@ def summary_blocks(table: pd.DataFrame) -> list[Block]:
     ]
 
 
-def _paired_blocks(table: pd.DataFrame | None) -> list[Block]:
+def _paired_blocks(table: pd.DataFrame | None, results: Results) -> list[Block]:
+    baseline = results.baseline
+    if baseline is None:
+        return [Paragraph("The experiment names no baseline (the `baseline` key): no comparison.")]
     if table is None:
-        return [Paragraph(f"`{BASELINE}` has no successful cell in this run: no comparison.")]
+        return [Paragraph(f"`{baseline}` has no successful cell in this run: no comparison.")]
     return [
-        Paragraph(f"Per seed: the variant's accuracy minus that of {display_name(BASELINE, BASELINE)} "
-                  f"(`{BASELINE}`) on the same eval sizes, averaged over each group of cells. Mean "
+        Paragraph(f"Per seed: the variant's accuracy minus that of {results.title(baseline)} "
+                  f"(`{baseline}`) on the same eval sizes, averaged over each group of cells. Mean "
                   f"± std over seeds in percentage points; in brackets, how many seeds share the "
                   f"sign of the mean. \"Consistent\": every seed (2 or more) has the same sign over "
                   f"the whole grid."),
@@ -192,13 +201,19 @@ def _files(with_pairs: bool, figures: list[Outcome]) -> list[str]:
         "`navit_fig10a.csv`: the NaViT Fig. 10a table, in percent like the paper's columns",
         f"`figures/`: {len(drawn)} figures, each as {', '.join(f'.{x}' for x in FORMATS)}",
         "`metrics.csv`, `cells/`: the runner's raw results, which every number here comes from",
+        "`config.json`: the run's config keys that the cells do not hold (variant list, seeds, baseline)",
     ]
 
 
-def _config_blocks(results: Results, given: bool) -> list[Block]:
-    where = ("The resolved experiment config." if given else
-             "The config stored in the cells (what their config hash covers; the variant list and "
-             "seeds are the cells' own).")
+def _config_blocks(results: Results, given: bool, recorded: bool) -> list[Block]:
+    if given:
+        where = "The resolved experiment config."
+    elif recorded:
+        where = ("The config stored in the cells (what their config hash covers), with the run's "
+                 "variant list, seeds and baseline from `config.json`.")
+    else:
+        where = ("The config stored in the cells (what their config hash covers; the variant list "
+                 "and seeds are the cells' own).")
     text = yaml.safe_dump(json.loads(json.dumps(results.config, default=str)), sort_keys=False)
     return [Paragraph(where), Code(text, "yaml", fold="config (YAML)")]
 
@@ -211,9 +226,9 @@ def _environment_blocks(provenance: Provenance) -> list[Block]:
 
 
 METHOD = [
-    "Every statistic has two levels: one value per (variant, seed), e.g. the mean accuracy over "
-    "that seed's eval sizes, then mean, sample std and a 95% Student-t interval over seeds "
-    "(interval shown from 3 seeds on, clipped to 0-100%). Failed cells are excluded.",
+    "Every statistic has two levels: one value per cell (variant, task, seed), e.g. the mean "
+    "accuracy over that seed's eval sizes, then mean, sample std and a 95% Student-t interval over "
+    "seeds (interval shown from 3 seeds on, clipped to 0-100%). Failed cells are excluded.",
     "Training resolution: the one square eval size the runner marks `at_train_res`. Training "
     "range: the side range the runner's `train_range` column refers to (below / in / above).",
     f"Extreme aspect: max(W/H, H/W) >= {EXTREME_ELONGATION:g}, i.e. 2:1 or longer allowing for "

@@ -1,25 +1,25 @@
 """Load and check the runner's results store: DIR/cells/*.json and DIR/metrics.csv.
 
-metrics.csv is the source of every accuracy; the cells add what a row does not carry (status,
-failure reason, parameter count, training range, options, task, training losses, the config
-they were made with). The two must describe the same ok cells: a mismatch means a stale
-metrics.csv, and a report built on it would mislead.
+metrics.csv is the source of every accuracy; the cells (read as the store's CellRecords) add
+what a row does not carry (status, failure reason, parameter count, training range, options,
+training losses, the config they were made with, and the cell axes metrics.csv lacks, e.g. the
+task). The two must describe the same ok cells: a mismatch means a stale metrics.csv, and a
+report built on it would mislead.
 """
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..data.synthetic import CLASS_NAMES
 from ..errors import BenchError
+from ..plan import default_baseline
 from ..posembed import _REGISTRY, list_variants
-from ..store import METRICS_COLUMNS, Store
-
-BASELINE = "vit_1d_interp"
+from ..store import CELL_AXES, METRIC_TYPES, METRICS_COLUMNS, CellRecord, Store
 
 # Families in display order; a variant declares its own (posembed's ``family`` attribute), and a
 # family not listed here comes after these, in registry order.
@@ -31,13 +31,6 @@ COMBINE_MODES = ("sum", "stack", "product")  # "sum" is the plain label's defaul
 # "Extreme aspect" = elongation max(W/H, H/W) of 2:1 or more; 1.9 rather than 2 because eval
 # sides are rounded to whole patches (e.g. 48x88 stands for 1:2).
 EXTREME_ELONGATION = 1.9
-
-_INT_COLUMNS = ("seed", "eval_height", "eval_width", "side", "num_tokens")
-_FLOAT_COLUMNS = ("aspect", "accuracy", "loss")
-_BOOL_COLUMNS = ("in_train_range", "at_train_res")
-_TRAIN_RANGES = ("below", "in", "above")
-_CELL_KEYS = ("variant", "base_variant", "seed", "status")
-_OK_CELL_KEYS = ("param_count", "train_resolution")
 
 
 def family_of(base_variant: str) -> str:
@@ -68,37 +61,16 @@ def display_name(base_variant: str, label: str) -> str:
     return f"{title} ({label})"
 
 
-def _data_config(cell: dict) -> dict:
-    return (cell.get("config") or {}).get("data") or {}
-
-
-def num_classes_of(cell: dict) -> int | None:
-    """Classes of the cell's task: the stored ``num_classes``, else derived from the synthetic
-    task in the config the cell stores; None when neither tells (e.g. an image folder)."""
-    if cell.get("num_classes"):
-        return int(cell["num_classes"])
-    data = _data_config(cell)
-    if data.get("name") == "synthetic" and data.get("task") in CLASS_NAMES:
-        return len(CLASS_NAMES[data["task"]])
-    return None
-
-
-def task_of(cell: dict) -> str:
-    """The stored ``task``, else the synthetic task or the data set's name from the config."""
-    data = _data_config(cell)
-    return str(cell.get("task") or (data.get("task") if data.get("name") == "synthetic" else None)
-               or data.get("name") or "unknown")
-
-
 @dataclass(frozen=True)
 class Results:
     cells: pd.DataFrame    # one row per cell, ok and failed
-    metrics: pd.DataFrame  # eval rows of ok cells, plus "extreme", "nominal_side", "nominal_aspect",
-    #                        and the cell's "task" and "chance" (NaN when unknown)
+    metrics: pd.DataFrame  # eval rows of ok cells with every cell axis, plus "extreme", "nominal_side",
+    #                        "nominal_aspect" and the cell's "chance" (NaN when unknown)
     variants: pd.DataFrame  # one row per label, in display order (title, family, base, combine
     #                         mode, "about" and "paper": the variant's one-line summary and source)
     losses: pd.DataFrame   # training loss per (variant, seed, step) of ok cells
-    config: dict           # the config the cells were made with ({} when they do not store it)
+    config: dict           # the run's resolved config (Store.config without the runner's)
+    baseline: str | None   # the label every variant is compared with (the config's ``baseline``)
 
     @property
     def failed(self) -> pd.DataFrame:
@@ -115,7 +87,8 @@ class Results:
         return bool(self.config.get("smoke"))
 
     def title(self, variant: str) -> str:
-        return str(self.variants.at[variant, "title"])
+        """The label's display name; a label without cells (a baseline not run yet) as it is."""
+        return str(self.variants.at[variant, "title"]) if variant in self.variants.index else variant
 
     def task_text(self) -> str:
         """'Task: abs_position (9 classes, chance 11.1%)', for figure headers and captions."""
@@ -128,22 +101,30 @@ class Results:
 
 
 def load_results(out_dir: Path, config: dict | None = None) -> Results:
-    """``config``: the experiment's, when the caller has it (the runner); by default the one the
-    cells were made with."""
+    """``config``: the run's resolved config, when the caller has it (the runner); by default
+    the folder's (``Store.config``: what the cells hold, with the run's own keys from config.json).
+    A config without a ``baseline`` key (a folder from before the key) gets the plan's default."""
     store = Store(out_dir)
-    raw = _read_cells(store)
-    cells = pd.DataFrame([row for row, _ in raw])
-    stored = _config(store, [cell for _, cell in raw])
-    config = stored if config is None else config
+    records = _read_records(store)
+    cells = pd.DataFrame([_cell_row(record) for record in records])
+    _check_cells(cells, store.cells_dir)
+    config = store.config(records) if config is None else config
     metrics = _match(_load_metrics(store.metrics_path), cells, store.metrics_path)
     _check_reference(metrics, store.metrics_path)
     elongation = np.maximum(metrics["aspect"], 1 / metrics["aspect"])
     metrics = metrics.assign(extreme=elongation >= EXTREME_ELONGATION,
                              nominal_side=_nominal_sides(metrics))
     metrics = metrics.assign(nominal_aspect=_nominal_aspects(metrics, config))
-    metrics = metrics.merge(cells[["variant", "seed", "task", "chance"]], on=["variant", "seed"],
-                            how="left")
-    return Results(cells, metrics, _variant_table(cells), _losses(raw), config)
+    variants = _variant_table(cells)
+    baseline = (config["baseline"] if "baseline" in config
+                else default_baseline(zip(variants.index, variants["base_variant"])))
+    return Results(cells, _with_cell_columns(metrics, cells), variants, _losses(records), config, baseline)
+
+
+def _with_cell_columns(metrics: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """Each row's cell axes that metrics.csv does not carry (the task), and its cell's chance."""
+    missing = [axis for axis in CELL_AXES if axis not in metrics.columns]
+    return metrics.merge(cells[["variant", "seed", *missing, "chance"]], on=["variant", "seed"], how="left")
 
 
 def _nominal_sides(metrics: pd.DataFrame) -> np.ndarray:
@@ -174,64 +155,50 @@ def _nominal_aspects(metrics: pd.DataFrame, config: dict) -> np.ndarray:
     return nominal[dist.argmin(1)]
 
 
-def _read_cells(store: Store) -> list[tuple[dict, dict]]:
-    """(table row, raw cell) per cell file, sorted by file name."""
-    raw = store.cells()  # raises StoreError (a BenchError) naming an unreadable file
-    if not raw:
+def _read_records(store: Store) -> list[CellRecord]:
+    """Every cell file's record, sorted by file name."""
+    records = list(store.cells().values())  # raises StoreError (a BenchError) naming a file that is not a cell
+    if not records:
         raise BenchError(f"{store.cells_dir}: no result cells (*.json); is this a results directory?")
-    pairs = [(_cell_row(store.cells_dir / f"{name}.json", cell), cell) for name, cell in raw.items()]
-    cells = pd.DataFrame([row for row, _ in pairs])
-    dup = cells[cells.duplicated(["variant", "seed"], keep=False)]
+    return records
+
+
+def _check_cells(cells: pd.DataFrame, folder: Path) -> None:
+    """One file per cell; and one value of every cell axis but the variant: the tables, findings
+    and figures compare variants within it, so until they keep tasks apart, results of several
+    tasks are refused, not averaged."""
+    dup = cells[cells.duplicated([*CELL_AXES, "seed"], keep=False)]
     if len(dup):
-        raise BenchError(f"{store.cells_dir}: variant {dup['variant'].iloc[0]} seed "
+        raise BenchError(f"{folder}: variant {dup['variant'].iloc[0]} seed "
                          f"{dup['seed'].iloc[0]} appears in more than one cell file")
-    return pairs
+    for axis in (a for a in CELL_AXES if a != "variant"):
+        values = sorted(cells[axis].unique())
+        if len(values) > 1:
+            raise BenchError(f"{folder}: holds cells of several {axis}s ({', '.join(map(str, values))}); "
+                             f"the report compares variants within one {axis}")
 
 
-def _config(store: Store, cells: list[dict]) -> dict:
-    """The config every cell was made with; cells of two configs in one folder are an error."""
-    hashes = {cell["config_hash"] for cell in cells if cell.get("config_hash")}
-    if len(hashes) > 1:
-        raise BenchError(f"{store.cells_dir}: cells of {len(hashes)} different configs "
-                         f"(config_hash {', '.join(sorted(hashes))}); one folder holds one experiment")
-    return next((dict(cell["config"]) for cell in cells if cell.get("config")), {})
-
-
-def _losses(raw: list[tuple[dict, dict]]) -> pd.DataFrame:
-    frames = [pd.DataFrame({"variant": row["variant"], "seed": row["seed"],
-                            "step": np.arange(1, len(cell["train_losses"]) + 1),
-                            "loss": np.asarray(cell["train_losses"], dtype=float)})
-              for row, cell in raw if row["status"] == "ok" and cell.get("train_losses")]
+def _losses(records: list[CellRecord]) -> pd.DataFrame:
+    frames = [pd.DataFrame({"variant": cell.variant, "seed": cell.seed,
+                            "step": np.arange(1, len(cell.train_losses) + 1),
+                            "loss": np.asarray(cell.train_losses, dtype=float)})
+              for cell in records if cell.status == "ok" and cell.train_losses]
     if not frames:
         return pd.DataFrame({"variant": pd.Series(dtype=str), "seed": pd.Series(dtype=int),
                              "step": pd.Series(dtype=int), "loss": pd.Series(dtype=float)})
     return pd.concat(frames, ignore_index=True)
 
 
-def _cell_row(path: Path, raw) -> dict:
-    if not isinstance(raw, dict):
-        raise BenchError(f"{path}: a result cell must be a JSON object")
-    missing = [k for k in _CELL_KEYS if k not in raw]
-    if raw.get("status") == "ok":
-        missing += [k for k in _OK_CELL_KEYS if k not in raw]
-    if missing:
-        raise BenchError(f"{path}: result cell lacks {', '.join(missing)}")
-    if raw["status"] not in ("ok", "failed"):
-        raise BenchError(f"{path}: status must be 'ok' or 'failed', got {raw['status']!r}")
-    train = raw.get("train_resolution") or {}
-    options = raw.get("options") or {}
-    classes = num_classes_of(raw)
-    return {
-        "variant": str(raw["variant"]), "base_variant": str(raw["base_variant"]),
-        "seed": int(raw["seed"]), "status": raw["status"], "reason": raw.get("reason") or "",
-        "title": display_name(str(raw["base_variant"]), str(raw["variant"])),
-        "combine": str(options.get("combine", "sum")), "param_count": raw.get("param_count"),
-        "train_min_side": train.get("min_side"), "train_max_side": train.get("max_side"),
-        "task": task_of(raw), "num_classes": classes, "chance": 1 / classes if classes else math.nan,
-        "final_train_loss": raw.get("final_train_loss"),
-        "time_s": (raw.get("train_time_s") or 0) + (raw.get("eval_time_s") or 0),
-        "device": raw.get("device"), "world_size": raw.get("world_size"),
-    }
+def _cell_row(cell: CellRecord) -> dict:
+    return {**{axis: getattr(cell, axis) for axis in CELL_AXES},
+            "base_variant": cell.base_variant, "seed": cell.seed, "status": cell.status,
+            "reason": cell.reason or "", "title": display_name(cell.base_variant, cell.variant),
+            "combine": str(cell.options.get("combine", "sum")), "param_count": cell.param_count,
+            "train_min_side": cell.train_resolution.min_side, "train_max_side": cell.train_resolution.max_side,
+            # the record's num_classes (derived from the stored config for files from before it)
+            "num_classes": cell.num_classes, "chance": 1 / cell.num_classes if cell.num_classes else math.nan,
+            "final_train_loss": cell.final_train_loss, "time_s": cell.train_time_s + cell.eval_time_s,
+            "device": cell.device, "world_size": cell.world_size}
 
 
 def _load_metrics(path: Path) -> pd.DataFrame:
@@ -250,20 +217,20 @@ def _load_metrics(path: Path) -> pd.DataFrame:
         if metrics[col].isna().any():
             row = int(metrics.index[metrics[col].isna()][0]) + 2  # header is line 1
             raise BenchError(f"{path}: line {row}: empty {col}")
-    try:
-        for col in _INT_COLUMNS:
-            metrics[col] = pd.to_numeric(metrics[col]).astype(int)
-        for col in _FLOAT_COLUMNS:
-            metrics[col] = pd.to_numeric(metrics[col]).astype(float)
-    except (ValueError, TypeError) as exc:
-        raise BenchError(f"{path}: non-numeric value in column {col} ({exc})") from None
-    for col in _BOOL_COLUMNS:
-        metrics[col] = _as_bool(metrics[col], path, col)
-    for col in ("variant", "base_variant", "train_range"):
-        metrics[col] = metrics[col].astype(str)
-    bad = sorted(set(metrics["train_range"]) - set(_TRAIN_RANGES))
-    if bad:
-        raise BenchError(f"{path}: train_range must be below/in/above, got {bad[0]!r}")
+    for col, kind in METRIC_TYPES.items():   # each column as the record it comes from types it
+        if kind in (int, float):
+            try:
+                metrics[col] = pd.to_numeric(metrics[col]).astype(kind)
+            except (ValueError, TypeError) as exc:
+                raise BenchError(f"{path}: non-numeric value in column {col} ({exc})") from None
+        elif kind is bool:
+            metrics[col] = _as_bool(metrics[col], path, col)
+        else:
+            metrics[col] = metrics[col].astype(str)
+            choices = typing.get_args(kind)
+            bad = sorted(set(metrics[col]) - set(choices)) if choices else []
+            if bad:
+                raise BenchError(f"{path}: {col} must be {'/'.join(choices)}, got {bad[0]!r}")
     return metrics
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.colors import Normalize
 from matplotlib.patches import Rectangle
 
-from .data import BASELINE, Results, display_name
+from .data import Results, display_name
 from .figstyle import (CHAR_IN, COLUMN_IN, FORMATS, MARKERS, PAGE_IN, RC, REFERENCE_GREY, Style,
                        accuracy_ylim, aspect_axis, aspect_label, chance_line, chance_values,
                        family_curves, family_panels, header, hide_unused, members, save, side_axis,
@@ -156,21 +156,24 @@ def _dot(ax, y: float, s, style: Style, clip=(0, 100)) -> None:
 # ---- paired differences against the baseline (forest plot) -----------------------------------
 
 def _no_baseline(results: Results) -> str | None:
-    if BASELINE not in results.ok_variants:
-        return f"`{BASELINE}`, the baseline, has no successful cell"
+    if results.baseline is None:
+        return "the experiment names no baseline (the `baseline` key)"
+    if results.baseline not in results.ok_variants:
+        return f"`{results.baseline}`, the baseline, has no successful cell"
     if len(results.ok_variants) < 2:
         return "no variant besides the baseline"
     return None
 
 
-@figure("paired_vs_baseline", f"Paired difference from {BASELINE}, with intervals", skip=_no_baseline,
+@figure("paired_vs_baseline", "Paired difference from the baseline, with intervals", skip=_no_baseline,
         readme=True)
 def _paired_vs_baseline(results: Results, st: dict[str, Style]):
+    baseline = results.baseline
     fig = draw_forest(paired(results).set_index("variant"), results, st,
-                      f"difference from {results.title(BASELINE)} (percentage points, same seeds and "
+                      f"difference from {results.title(baseline)} (percentage points, same seeds and "
                       f"eval sizes)")
     return fig, (f"Paired difference in top-1 accuracy from the baseline, "
-                 f"{results.title(BASELINE)} (`{BASELINE}`), in percentage points: per seed, the "
+                 f"{results.title(baseline)} (`{baseline}`), in percentage points: per seed, the "
                  f"variant minus the baseline on the same eval sizes, averaged over each regime. "
                  f"Right of the line: better than the baseline. Dots: mean over seeds; "
                  f"{_interval_text(results)} of the paired difference.")

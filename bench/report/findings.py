@@ -11,7 +11,7 @@ import math
 
 import pandas as pd
 
-from .data import BASELINE, Results
+from .data import Results
 from .tables import (SUBSET, Subset, combine_groups, counted, per_seed, seeds_of, signed_pp,
                      square_sides)
 
@@ -160,27 +160,28 @@ def _retention(results: Results) -> list[str]:
     text += f"the share of training-resolution accuracy kept is highest for {kept(best)}"
     if worst != best:
         text += f" and lowest for {kept(worst)}"
-    if BASELINE in values and BASELINE not in (best, worst):
-        text += f"; the baseline {kept(BASELINE)}"
+    baseline = results.baseline
+    if baseline in values and baseline not in (best, worst):
+        text += f"; the baseline {kept(baseline)}"
     text += "."
-    if BASELINE in values and best != BASELINE:
-        if clearly_better(values[best], values[BASELINE]):
-            text += f" `{best}` keeps clearly more than `{BASELINE}`."
+    if baseline in values and best != baseline:
+        if clearly_better(values[best], values[baseline]):
+            text += f" `{best}` keeps clearly more than `{baseline}`."
         else:
-            text += f" The gap between `{best}` and `{BASELINE}` is within seed noise."
+            text += f" The gap between `{best}` and `{baseline}` is within seed noise."
     return [text]
 
 
 def _versus_baseline(results: Results) -> list[str]:
-    values = _subset_values(results, SUBSET["grid"])
-    if BASELINE not in values:
+    values, baseline = _subset_values(results, SUBSET["grid"]), results.baseline
+    if baseline not in values:
         return []
-    base = values[BASELINE]
-    others = [v for v in results.ok_variants if v != BASELINE and v in values]
+    base = values[baseline]
+    others = [v for v in results.ok_variants if v != baseline and v in values]
     better = [v for v in others if clearly_better(values[v], base)]
     worse = [v for v in others if clearly_better(base, values[v])]
     if not better and not worse:
-        return [f"Over the whole grid, no variant differs from `{BASELINE}` by more than the seed "
+        return [f"Over the whole grid, no variant differs from `{baseline}` by more than the seed "
                 f"noise."]
 
     def gaps(names):
@@ -188,7 +189,7 @@ def _versus_baseline(results: Results) -> list[str]:
                              for v in sorted(names, key=lambda v: -values[v].mean())])
     parts = []
     if better:
-        parts.append(f"{gaps(better)} beat `{BASELINE}` in every seed by more than the seed spread")
+        parts.append(f"{gaps(better)} beat `{baseline}` in every seed by more than the seed spread")
     if worse:
         parts.append(f"{gaps(worse)} {'is' if len(worse) == 1 else 'are'} clearly worse")
     rest = len(others) - len(better) - len(worse)

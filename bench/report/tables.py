@@ -1,10 +1,11 @@
 """The report's tables, computed from metrics.csv rows: summary, paired vs baseline, per seed,
 NaViT Fig. 10a.
 
-Every statistic is two-level: first one value per (variant, seed), e.g. the mean accuracy over
-the seed's grid cells, then mean / std / CI of those values over seeds. Accuracies stay
-fractions (0..1) in the CSV files, like metrics.csv, and become percentages only for display;
-navit_fig10a.csv alone is in percent, the unit of the paper's numbers it sits beside.
+Every statistic is two-level: first one value per cell (variant, task, seed: the store's cell
+axes and the seed), e.g. the mean accuracy over the seed's grid cells, then mean / std / CI of
+those values over seeds. Accuracies stay fractions (0..1) in the CSV files, like metrics.csv, and
+become percentages only for display; navit_fig10a.csv alone is in percent, the unit of the
+paper's numbers it sits beside.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Callable
 
 import pandas as pd
 
-from .data import BASELINE, Results
+from ..store import CELL_AXES
+from .data import Results
 from .document import Table
 from .stats import SeedStats, seed_stats
 
@@ -51,27 +53,30 @@ PUBLISHED_FIG10A = {
 
 
 def per_seed(metrics: pd.DataFrame, subset: Subset, value: str = "accuracy") -> pd.Series:
-    """Mean of ``value`` over the subset's cells, one entry per (variant, seed) that has any."""
+    """Mean of ``value`` over the subset's cells, one entry per cell (axes and seed) that has any."""
     rows = metrics[subset.select(metrics)]
-    return rows.groupby(["variant", "seed"])[value].mean()
+    return rows.groupby([*CELL_AXES, "seed"])[value].mean()
 
 
 def square_sides(metrics: pd.DataFrame, relative: bool = False) -> pd.Series:
     """Accuracy on square eval images per (variant, seed, side); ``relative``: divided by the
     same seed's accuracy at the training resolution (NaViT Fig. 10b), as a fraction."""
     squares = metrics[metrics["eval_height"] == metrics["eval_width"]]
-    by_side = squares.groupby(["variant", "seed", "side"])["accuracy"].mean()
+    by_side = squares.groupby([*CELL_AXES, "seed", "side"])["accuracy"].mean()
     if not relative:
         return by_side
     reference = per_seed(metrics, SUBSET["train_res"])
     return (by_side / reference.reindex(by_side.index.droplevel("side")).to_numpy()).dropna()
 
 
-def seeds_of(series: pd.Series, variant: str) -> pd.Series:
-    """One variant's per-seed values, indexed by seed (empty when it has none)."""
+def seeds_of(series: pd.Series, variant: str, **axes) -> pd.Series:
+    """One variant's per-seed values (empty when it has none), indexed by seed and any level
+    after it; the other cell axes are pinned by ``axes`` or hold one value (bench.report.data)."""
+    pinned = {"variant": variant, **axes}
     if variant not in series.index.get_level_values("variant"):
         return pd.Series(dtype=float)
-    return series.xs(variant, level="variant")
+    picked = series.xs(tuple(pinned.values()), level=list(pinned))
+    return picked.droplevel([axis for axis in CELL_AXES if axis in picked.index.names])
 
 
 def stats_columns(prefix: str, st: SeedStats) -> dict:
@@ -85,20 +90,22 @@ def stats_from(row: pd.Series, prefix: str) -> SeedStats:
 
 
 def summary(results: Results) -> pd.DataFrame:
-    """One row per variant, ranked by mean accuracy over the whole grid (best first)."""
+    """One row per group of cells (variant, task: the cell axes), ranked by mean accuracy over
+    the whole grid (best first)."""
     metrics = results.metrics
     values = {s.key: per_seed(metrics, s) for s in SUBSETS}
-    cell_means = metrics.groupby(["variant", "eval_height", "eval_width"])["accuracy"].mean()
+    cell_means = metrics.groupby([*CELL_AXES, "eval_height", "eval_width"])["accuracy"].mean()
+    groups = results.cells[list(CELL_AXES)].drop_duplicates()
     rows = []
     for variant, info in results.variants.iterrows():
-        row = {"variant": variant, "title": info["title"], "base_variant": info["base_variant"],
-               "family": info["family"],
-               "param_count": info["param_count"], "seeds_ok": info["seeds_ok"],
-               "seeds_failed": info["seeds_failed"]}
-        for key, series in values.items():
-            row.update(stats_columns(key, seed_stats(seeds_of(series, variant))))
-        row.update(_worst_cell(metrics, cell_means, variant))
-        rows.append(row)
+        for axes in groups[groups["variant"] == variant].drop(columns="variant").to_dict("records"):
+            row = {"variant": variant, **axes, "title": info["title"], "base_variant": info["base_variant"],
+                   "family": info["family"], "param_count": info["param_count"], "seeds_ok": info["seeds_ok"],
+                   "seeds_failed": info["seeds_failed"]}
+            for key, series in values.items():
+                row.update(stats_columns(key, seed_stats(seeds_of(series, variant, **axes))))
+            row.update(_worst_cell(metrics, cell_means, {"variant": variant, **axes}))
+            rows.append(row)
     table = pd.DataFrame(rows).sort_values("grid_mean", ascending=False, na_position="last",
                                            kind="stable")
     ranked = table["grid_mean"].notna()
@@ -106,23 +113,24 @@ def summary(results: Results) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def _worst_cell(metrics: pd.DataFrame, cell_means: pd.Series, variant: str) -> dict:
-    """The eval size with the lowest seed-mean accuracy, and its accuracy over seeds."""
-    if variant not in cell_means.index.get_level_values("variant"):
+def _worst_cell(metrics: pd.DataFrame, cell_means: pd.Series, group: dict) -> dict:
+    """The eval size with the lowest seed-mean accuracy of one group of cells (a value per cell
+    axis), and its accuracy over seeds."""
+    if group["variant"] not in cell_means.index.get_level_values("variant"):
         return {"worst_cell": "", **stats_columns("worst", seed_stats([]))}
-    height, width = cell_means.xs(variant, level="variant").idxmin()
-    rows = metrics[(metrics["variant"] == variant) & (metrics["eval_height"] == height)
+    height, width = cell_means.xs(tuple(group.values()), level=list(group)).idxmin()
+    rows = metrics[(metrics[list(group)] == pd.Series(group)).all(axis=1) & (metrics["eval_height"] == height)
                    & (metrics["eval_width"] == width)]
     return {"worst_cell": f"{height}x{width}", **stats_columns("worst", seed_stats(rows["accuracy"]))}
 
 
-def paired(results: Results, baseline: str = BASELINE) -> pd.DataFrame | None:
+def paired(results: Results) -> pd.DataFrame | None:
     """Each variant minus the baseline on the same (seed, eval size) cells; None without baseline."""
-    metrics = results.metrics
+    metrics, baseline = results.metrics, results.baseline
     base = metrics[metrics["variant"] == baseline]
     if base.empty:
         return None
-    keys = ["seed", "eval_height", "eval_width"]
+    keys = [*(axis for axis in CELL_AXES if axis != "variant"), "seed", "eval_height", "eval_width"]
     rows = []
     for variant in results.ok_variants:
         if variant == baseline:
@@ -153,15 +161,15 @@ def by_seed(results: Results) -> pd.DataFrame:
     """One row per cell (variant x seed, failed ones too): its final training loss and its mean
     accuracy over each subset, the per-seed values every mean over seeds is taken of."""
     values = {s.key: per_seed(results.metrics, s) for s in SUBSETS}
-    cells = results.cells.set_index(["variant", "seed"])
     rows = []
     for variant in results.variants.index:
-        for seed in sorted(cells.loc[variant].index):
-            cell = cells.loc[(variant, seed)]
-            rows.append({"variant": variant, "title": results.title(variant), "seed": seed,
-                         "status": cell["status"], "final_train_loss": cell["final_train_loss"],
-                         **{f"{key}_accuracy": series.get((variant, seed), math.nan)
-                            for key, series in values.items()}})
+        cells = results.cells[results.cells["variant"] == variant].sort_values([*CELL_AXES, "seed"])
+        for cell in cells.to_dict("records"):
+            key = tuple(cell[axis] for axis in [*CELL_AXES, "seed"])
+            rows.append({**{axis: cell[axis] for axis in CELL_AXES}, "title": results.title(variant),
+                         "seed": cell["seed"], "status": cell["status"],
+                         "final_train_loss": cell["final_train_loss"],
+                         **{f"{name}_accuracy": series.get(key, math.nan) for name, series in values.items()}})
     return pd.DataFrame(rows)
 
 
@@ -178,8 +186,8 @@ def combine_groups(results: Results) -> dict[str, list[str]]:
 def fig10a(results: Results) -> tuple[pd.DataFrame, list[int]]:
     """NaViT Fig. 10a: per seed, the average and the best accuracy over the square eval sizes."""
     by_side = square_sides(results.metrics)
-    average = by_side.groupby(["variant", "seed"]).mean()
-    best = by_side.groupby(["variant", "seed"]).max()
+    average = by_side.groupby([*CELL_AXES, "seed"]).mean()
+    best = by_side.groupby([*CELL_AXES, "seed"]).max()
     rows = []
     for variant in results.ok_variants:
         info = results.variants.loc[variant]

@@ -1,0 +1,165 @@
+"""The runner: train and evaluate planned cells into the results store, then write the report.
+
+Every rank walks every cell; rank 0 alone decides whether a cell is to run (it holds the
+store's lock for it), evaluates it and writes its record. Training batches (per seed) and the
+eval batches are rendered once and kept for every variant while they fit in MEMO_LIMIT_BYTES.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from .config import ResolutionConfig
+from .data import TrainBatches, build_source
+from .evaluate import EvalSet, evaluate
+from .plan import CellPlan, Plan
+from .runtime import Ranks, StopRequest, environment, progress
+from .store import CellRecord, EvalRow, Store
+from .train import CellTrainer, build_cell_model, param_count
+
+# Training batches (per seed) and eval batches are kept in RAM for reuse by every variant while
+# each stays under this size; above it they are rebuilt per cell.
+MEMO_LIMIT_BYTES = 2 * 2**30
+
+
+class MemoBatches(torch.utils.data.Dataset):
+    """``batches[step]`` built once, then served from memory: every variant of a seed trains on
+    the same batches, so rendering them again for each variant would be wasted work."""
+
+    def __init__(self, batches):
+        self.batches, self.memo = batches, {}
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, step: int):
+        if step not in self.memo:
+            self.memo[step] = self.batches[step]
+        return self.memo[step]
+
+
+@dataclass
+class Runner:
+    plan: Plan
+    store: Store
+    ranks: Ranks
+    device: torch.device
+    stop: StopRequest
+    show_progress: bool = True
+
+    def __post_init__(self):
+        experiment, patch = self.plan.experiment, self.plan.experiment.model.patch_size
+        train = experiment.train
+        self.train_source = build_source(experiment.data, "train")
+        test_source = build_source(experiment.data, "test")
+        resolutions = {_key(v.resolution) for v in self.plan.variants}
+        token_bytes = test_source.channels * patch * patch * 4 + 24   # pixels, image id and (row, col)
+        train_tokens = train.steps * train.tokens_per_batch * len(resolutions)
+        test_tokens = len(test_source) * sum((h // patch) * (w // patch) for h, w in self.plan.sizes)
+        self.keep_train = train.num_workers == 0 and train_tokens * token_bytes <= MEMO_LIMIT_BYTES
+        keep_eval = experiment.eval.num_workers == 0 and test_tokens * token_bytes <= MEMO_LIMIT_BYTES
+        self.eval_set = EvalSet(test_source, patch, experiment.eval, keep_eval)
+        self.memo: dict[tuple[str, int], MemoBatches] = {}
+
+    def run(self, cells: list[CellPlan]) -> list[str]:
+        """Run every cell not finished yet; returns the names of cells claimed by other processes."""
+        busy = []
+        done_before = {c.name for c in cells if self.store.read_cell(c.label, c.seed) is not None}
+        # A with block: an error or Ctrl-C closes the bar before the CLI prints its last line, not after.
+        with progress(total=len(cells), initial=len(done_before), desc="cells", unit="cell", position=0,
+                      disable=not (self.show_progress and self.ranks.is_main)) as bar:
+            for cell in cells:
+                lock = (self.store.claim(cell.label, cell.seed) if self.ranks.is_main
+                        else contextlib.nullcontext(True))
+                with lock as held:
+                    finished = self.store.read_cell(cell.label, cell.seed) is not None
+                    if self._agree(held and not finished):
+                        record = self.run_cell(cell)
+                        if self.ranks.is_main:
+                            self.store.publish(record)
+                            if record.status != "ok":
+                                tqdm.write(f"cell {cell.name} failed: {record.reason}", file=sys.stderr)
+                        self._barrier()
+                    elif not held:
+                        busy.append(cell.name)
+                if cell.name not in done_before:
+                    bar.update()
+        return busy
+
+    def run_cell(self, cell: CellPlan) -> CellRecord:
+        experiment, variant, seed = self.plan.experiment, cell.variant, cell.seed
+        spec = variant.spec
+        batches = self._train_batches(variant.resolution, seed)
+        model = build_cell_model(experiment.model, spec, self.train_source.num_classes, self.train_source.channels,
+                                 seed)
+        model.to(self.device)
+        trainer = CellTrainer(experiment.train, self.device, self.ranks,
+                              save=lambda state: self.store.save_checkpoint(spec.label, seed, state),
+                              load=lambda: self.store.load_checkpoint(spec.label, seed),
+                              should_stop=self.stop, label=cell.name, show_progress=self.show_progress,
+                              checkpoint_check={"config_hash": cell.config_hash, "seed": seed, **variant.identity})
+        state = trainer.run(model, batches)
+        rows, eval_time = [], 0.0
+        if state.failure is None and self.ranks.is_main:
+            started = time.perf_counter()
+            scores = evaluate(model, self.eval_set, [p.size for p in variant.eval_points], self.device, self.stop,
+                              cell.name, self.show_progress)
+            rows = [EvalRow(point, score) for point, score in zip(variant.eval_points, scores)]
+            eval_time = time.perf_counter() - started
+        return CellRecord(
+            variant=spec.label, base_variant=spec.name, options=spec.options, resolution=variant.resolution,
+            task=cell.task, seed=seed, config_hash=cell.config_hash,
+            status="ok" if state.failure is None else "failed", reason=state.failure,
+            num_classes=self.train_source.num_classes, param_count=param_count(model),
+            train_time_s=state.train_time_s, eval_time_s=eval_time, tokens_seen=state.tokens_seen,
+            images_seen=state.images_seen, steps=state.step,
+            final_train_loss=state.final_loss if state.failure is None else None,
+            train_resolution=variant.train_resolution, device=str(self.device), world_size=self.ranks.world_size,
+            train_losses=state.losses, eval=rows, config=self.plan.hashed_config)
+
+    def _train_batches(self, resolution: ResolutionConfig, seed: int):
+        key = (_key(resolution), seed)
+        if key in self.memo:
+            return self.memo[key]
+        train = self.plan.experiment.train
+        batches = TrainBatches(self.train_source, resolution, train.token_drop, self.plan.experiment.model.patch_size,
+                               train.tokens_per_batch, train.max_seq_len, seed,
+                               rank=self.ranks.rank, world_size=self.ranks.world_size)
+        if not self.keep_train:
+            return batches
+        # Cells run seed by seed: a new seed's batches replace the previous seed's.
+        self.memo = {k: v for k, v in self.memo.items() if k[1] == seed}
+        self.memo[key] = MemoBatches(batches)
+        return self.memo[key]
+
+    def _agree(self, decision: bool) -> bool:
+        """Rank 0's decision, shared with every rank (only rank 0 reads the store's locks)."""
+        if not self.ranks.distributed:
+            return decision
+        flag = torch.tensor([int(decision)], device=self.device)
+        dist.broadcast(flag, 0)
+        return bool(flag.item())
+
+    def _barrier(self):
+        if self.ranks.distributed:
+            dist.barrier()
+
+
+def _key(resolution: ResolutionConfig) -> str:
+    return json.dumps(dataclasses.asdict(resolution), sort_keys=True)
+
+
+def write_report_for(store: Store, plan: Plan, device: torch.device, ranks: Ranks) -> None:
+    """metrics.csv and the report, rebuilt from every cell finished so far (by any process)."""
+    from .report import write_report  # matplotlib and pandas load only when a report is written
+    with store.publishing():
+        store.rebuild_metrics()
+        write_report(store.root, plan.config, environment(device, ranks))
