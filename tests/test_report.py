@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from unittest import mock
 
@@ -32,7 +33,7 @@ from bench.report.figstyle import FORMATS, PANEL_PLOT_IN, RC, aspect_axis, side_
 from bench.report.figures import REGISTRY
 from bench.report.findings import clearly_better, retention_sides, write_findings
 from bench.report.readme import END, START
-from bench.report.tables import paired, paired_table, summary
+from bench.report.tables import paired, paired_table, seeds_of, square_sides, summary, zero_reference_cells
 
 PATCH = 8
 SIDES = (32, 48, 64, 96, 128, 192, 256)
@@ -467,6 +468,40 @@ def test_missing_groups_are_na_and_missing_figures_explained(tmp_path):
     assert not (out / "paired_vs_baseline.csv").exists() and not (out / "paired_vs_baseline.tex").exists()
     assert not {"combine_modes.pdf", "fig5_combine_modes.png"} & {p.name for p in (out / "figures").iterdir()}
     assert "None: every cell succeeded." in md
+
+
+def test_a_zero_reference_accuracy_leaves_its_ratios_out_and_says_so(tmp_path):
+    """A cell at 0% at its training resolution has no relative accuracy (x / 0 is undefined, not
+    infinite): the ratios leave it out, the retention finding and Fig. 10b say so, and nothing
+    crashes, down to a run whose only cell scores 0% everywhere."""
+    def accuracy(label, seed, h, w):
+        return 0.0 if (label, seed) == ("rope_axial", 1) else 0.5 + 0.01 * math.log2(h)
+    out = make_store(tmp_path / "some", _profiles("vit_1d_interp", "rope_axial"), accuracy=accuracy,
+                     sides=(32, 64, 128, 256), aspects=(1.0,))
+    results = load_results(out)
+    relative = square_sides(results.metrics, relative=True)
+    assert np.isfinite(relative).all() and len(seeds_of(relative, "rope_axial").index.unique("seed")) == 2
+    assert zero_reference_cells(results.metrics) == [("rope_axial", 1)]
+    assert seeds_of(relative, "not_run").index.names == ["seed", "side"], "empty, with its levels"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # constrained layout's "axes sizes collapsed" included
+        write_report(out, CONFIG, ENV)
+    note = "Left out of the ratios: `rope_axial` seed 1, at 0% accuracy at the training resolution"
+    findings = (out / "report.md").read_text().split("## Findings")[1].split("\n## ")[0]
+    assert note in findings
+    number = next(i for i, spec in enumerate(REGISTRY, 1) if spec.stem == "relative_accuracy_vs_side")
+    assert note in next(l for l in (out / "report.md").read_text().splitlines() if l.startswith(f"*Figure {number}."))
+
+    nothing = make_store(tmp_path / "none", _profiles("nope"), seeds=(0,), accuracy=lambda *_: 0.0,
+                         sides=(32, 64, 128), aspects=(0.5, 1.0, 2.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_report(nothing, {**CONFIG, "baseline": None}, ENV)
+    md = (nothing / "report.md").read_text()
+    assert "is not drawn: no cell scores above 0% at its training resolution" in md
+    assert "No share of training-resolution accuracy kept is reported. Left out of the ratios: `nope` seed 0" in md
+    for stem in ("accuracy_vs_side", "accuracy_vs_aspect", "accuracy_heatmaps"):
+        assert (nothing / "figures" / f"{stem}.png").is_file()
 
 
 def test_all_cells_failed_still_reports(tmp_path):

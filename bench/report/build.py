@@ -241,7 +241,8 @@ METHOD = [
     "their equal-area side; the group with the most aspect ratios is shown, ties going to the one "
     "nearest the training side.",
     f"Retention: per seed, accuracy at a side divided by accuracy at the training resolution; "
-    f"the findings use the square side nearest {TARGET_RATIO:g}x the training side.",
+    f"the findings use the square side nearest {TARGET_RATIO:g}x the training side. A cell at 0% "
+    f"at the training resolution has no such ratio: it is left out, and named where it is.",
     "A finding calls A better than B only when they share 2 or more seeds, A is ahead in every "
     "shared seed, and the mean gap exceeds std(A) + std(B); otherwise the two are reported as "
     "within seed noise.",

@@ -164,9 +164,11 @@ def family_curves(ax, results: Results, family: str, curves: pd.DataFrame, st: d
               alignment="left", handlelength=2.2, borderaxespad=0.2, labelspacing=0.25, borderpad=0)
 
 
-def accuracy_ylim(ax, top: float) -> None:
-    """0 to just above the highest value shown, never past 100% plus room for a marker."""
-    ax.set_ylim(0, min(top, 100) + 3)
+def accuracy_ylim(ax, top: float, chance: list[float]) -> None:
+    """0 to just above the highest value shown or the chance level drawn, never past 100% plus
+    room for a marker. A chance line above the axes (every cell near 0%) would put its label
+    outside them, and constrained layout would squeeze the panels to nothing to fit it."""
+    ax.set_ylim(0, min(np.nanmax([top, *chance]), 100) + 3)
 
 
 def chance_values(results: Results, variants: list[str]) -> list[float]:

@@ -27,7 +27,7 @@ from .figstyle import (CHAR_IN, COLUMN_IN, FORMATS, MARKERS, PAGE_IN, RC, REFERE
                        styles, training_marks, training_sides)
 from .stats import CI_LEVEL, MIN_SEEDS_FOR_CI
 from .tables import (SUBSETS, combine_groups, counted, paired, per_seed, seeds_of, square_sides,
-                     stats_from, summary)
+                     stats_from, summary, zero_reference_note)
 
 Draw = Callable[[Results, dict[str, Style]], tuple[plt.Figure, str]]
 
@@ -211,22 +211,33 @@ def _side_figure(results: Results, st: dict[str, Style], relative: bool):
     curves = per.groupby(["variant", "side"]).agg(["mean", "std"])
     fig, panels = family_panels(results)
     sides = curves.index.get_level_values("side").unique()
+    chance = chance_values(results, results.ok_variants)
     for family, ax in panels.items():
         training_marks(ax, results, members(results, family))
         if relative:
             ax.axhline(100, color=REFERENCE_GREY, lw=0.6, zorder=1)
         else:
-            chance_line(ax, chance_values(results, results.ok_variants), label="chance")
+            chance_line(ax, chance, label="chance")
         family_curves(ax, results, family, curves, st, clip=(0, None) if relative else (0, 100))
         side_axis(ax, sides, training_sides(results, results.ok_variants))
     fig.supxlabel("eval side length (px, square images, log scale)")
     if not relative:
-        accuracy_ylim(next(iter(panels.values())), (curves["mean"] + curves["std"].fillna(0)).max())
+        accuracy_ylim(next(iter(panels.values())), (curves["mean"] + curves["std"].fillna(0)).max(), chance)
     return fig
 
 
+def _no_squares(results: Results) -> str | None:
+    return None if len(square_sides(results.metrics)) else "the eval grid has no square size"
+
+
+def _no_ratios(results: Results) -> str | None:
+    if len(square_sides(results.metrics, relative=True)):
+        return None
+    return _no_squares(results) or "no cell scores above 0% at its training resolution, so no ratio to it is defined"
+
+
 @figure("accuracy_vs_side", "Accuracy vs eval side length (square images); shaded: training range",
-        readme=True)
+        skip=_no_squares, readme=True)
 def _accuracy_vs_side(results: Results, st: dict[str, Style]):
     fig = _side_figure(results, st, relative=False)
     fig.supylabel("top-1 accuracy (%)")
@@ -236,7 +247,8 @@ def _accuracy_vs_side(results: Results, st: dict[str, Style]):
                  f"resolution. {CHANCE_TEXT}")
 
 
-@figure("relative_accuracy_vs_side", "Accuracy relative to the training resolution (NaViT Fig. 10b)")
+@figure("relative_accuracy_vs_side", "Accuracy relative to the training resolution (NaViT Fig. 10b)",
+        skip=_no_ratios)
 def _relative_accuracy_vs_side(results: Results, st: dict[str, Style]):
     fig = _side_figure(results, st, relative=True)
     fig.supylabel("% of accuracy at training resolution")
@@ -245,7 +257,8 @@ def _relative_accuracy_vs_side(results: Results, st: dict[str, Style]):
                  "panel per family; other families in grey. Bands: ± 1 std over seeds. Shaded: the "
                  "training side range; dotted: the training resolution. A variant near chance at "
                  "its training resolution divides chance by chance here: read it with the "
-                 "accuracy figure, which has the chance line this ratio cannot have.")
+                 "accuracy figure, which has the chance line this ratio cannot have. "
+                 + zero_reference_note(results.metrics)).rstrip()
 
 
 # ---- accuracy vs aspect ratio at a fixed token count -----------------------------------------
@@ -279,12 +292,13 @@ def _accuracy_vs_aspect(results: Results, st: dict[str, Style]):
     curves = per.groupby(["variant", "aspect"]).agg(["mean", "std"])
     fig, panels = family_panels(results)
     first = next(iter(panels.values()))
+    chance = chance_values(results, results.ok_variants)
     for family, ax in panels.items():
         ax.axvline(1, color="#b0b0b0", lw=0.8, zorder=0)
-        chance_line(ax, chance_values(results, results.ok_variants), label="chance")
+        chance_line(ax, chance, label="chance")
         family_curves(ax, results, family, curves, st, clip=(0, 100))
         aspect_axis(ax, at_side["aspect"].unique())
-    accuracy_ylim(first, (curves["mean"] + curves["std"].fillna(0)).max())
+    accuracy_ylim(first, (curves["mean"] + curves["std"].fillna(0)).max(), chance)
     tokens = sorted(at_side["num_tokens"].unique())
     token_text = f"{tokens[0]}" if len(tokens) == 1 else f"{tokens[0]}–{tokens[-1]}"
     fig.supxlabel(f"aspect ratio W:H (log scale) at {token_text} tokens ({side} px equal-area side)")
@@ -391,6 +405,7 @@ def _combine(results: Results, st: dict[str, Style]):
     fig, axes = plt.subplots(len(groups), 1, figsize=(COLUMN_IN, 2.3 * len(groups)), squeeze=False,
                              layout="constrained")
     top = 0.0
+    chance = chance_values(results, results.ok_variants)
     for ax, labels in zip(axes[:, 0], groups.values()):
         colour = st[labels[0]].colour
         offset = 0.6 / len(labels)
@@ -414,7 +429,7 @@ def _combine(results: Results, st: dict[str, Style]):
                   ncol=len(labels), loc="lower left", bbox_to_anchor=(0, 1.0), alignment="left",
                   borderpad=0, handletextpad=0.3)
     for ax in axes[:, 0]:
-        accuracy_ylim(ax, top)
+        accuracy_ylim(ax, top, chance)
     return fig, ("Combine modes of the factorized embedding (sum / stack / product): top-1 accuracy "
                  "(%) over the same cell groups as the summary table; dots: mean over seeds, "
                  f"whiskers: ± 1 std (clipped to 0-100%). {CHANCE_TEXT}")

@@ -13,7 +13,7 @@ import pandas as pd
 
 from .data import Results
 from .tables import (SUBSET, Subset, combine_groups, counted, per_seed, seeds_of, signed_pp,
-                     square_sides)
+                     square_sides, zero_reference_note)
 
 MAX_NAMED = 4  # a tie among more variants is summarised, not listed
 TARGET_RATIO = 4.0  # retention is reported at the grid side nearest 4x the training side
@@ -140,8 +140,9 @@ def _retention(results: Results) -> list[str]:
         return values[values.index.get_level_values("side") == sides[variant][1]].droplevel("side")
     values = {v: at_far(relative, v) for v in results.ok_variants if v in sides}
     values = {v: s for v, s in values.items() if len(s)}
+    left_out = zero_reference_note(results.metrics)
     if not values:
-        return []
+        return [f"No share of training-resolution accuracy kept is reported. {left_out}"] if left_out else []
     shared = len({sides[v] for v in values}) == 1
     ranked = sorted(values, key=lambda v: -values[v].mean())
     best, worst = ranked[0], ranked[-1]
@@ -169,7 +170,7 @@ def _retention(results: Results) -> list[str]:
             text += f" `{best}` keeps clearly more than `{baseline}`."
         else:
             text += f" The gap between `{best}` and `{baseline}` is within seed noise."
-    return [text]
+    return [f"{text} {left_out}" if left_out else text]
 
 
 def _versus_baseline(results: Results) -> list[str]:

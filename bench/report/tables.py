@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 
 from ..store import CELL_AXES
@@ -59,23 +60,32 @@ def per_seed(metrics: pd.DataFrame, subset: Subset, value: str = "accuracy") -> 
 
 
 def square_sides(metrics: pd.DataFrame, relative: bool = False) -> pd.Series:
-    """Accuracy on square eval images per (variant, seed, side); ``relative``: divided by the
-    same seed's accuracy at the training resolution (NaViT Fig. 10b), as a fraction."""
+    """Accuracy on square eval images per (cell axes, seed, side); ``relative``: divided by the
+    same seed's accuracy at the training resolution (NaViT Fig. 10b), as a fraction. A cell at 0%
+    there has no ratio (it is undefined, not infinite): it is left out (``zero_reference_cells``)."""
     squares = metrics[metrics["eval_height"] == metrics["eval_width"]]
     by_side = squares.groupby([*CELL_AXES, "seed", "side"])["accuracy"].mean()
     if not relative:
         return by_side
     reference = per_seed(metrics, SUBSET["train_res"])
+    reference = reference.where(reference > 0)
     return (by_side / reference.reindex(by_side.index.droplevel("side")).to_numpy()).dropna()
 
 
+def zero_reference_cells(metrics: pd.DataFrame) -> list[tuple[str, int]]:
+    """(variant, seed) of the cells at 0% accuracy at the training resolution, which every ratio
+    to that accuracy leaves out."""
+    reference = per_seed(metrics, SUBSET["train_res"])
+    zero = reference.index[reference == 0]
+    return list(zip(zero.get_level_values("variant"), zero.get_level_values("seed")))
+
+
 def seeds_of(series: pd.Series, variant: str, **axes) -> pd.Series:
-    """One variant's per-seed values (empty when it has none), indexed by seed and any level
-    after it; the other cell axes are pinned by ``axes`` or hold one value (bench.report.data)."""
-    pinned = {"variant": variant, **axes}
-    if variant not in series.index.get_level_values("variant"):
-        return pd.Series(dtype=float)
-    picked = series.xs(tuple(pinned.values()), level=list(pinned))
+    """One variant's per-seed values, indexed by seed and any level after it (also when it has
+    none); the other cell axes are pinned by ``axes`` or hold one value (bench.report.data)."""
+    index = series.index
+    picked = series[np.logical_and.reduce([index.get_level_values(axis) == value
+                                           for axis, value in {"variant": variant, **axes}.items()])]
     return picked.droplevel([axis for axis in CELL_AXES if axis in picked.index.names])
 
 
@@ -226,6 +236,17 @@ def fmt_pct(st: SeedStats, ci: bool = True) -> str:
     if ci and not math.isnan(st.ci_low):
         text += f" [{100 * max(st.ci_low, 0):.1f}, {100 * min(st.ci_high, 1):.1f}]"
     return text
+
+
+def zero_reference_note(metrics: pd.DataFrame) -> str:
+    """The sentence naming the cells left out of the ratios to the training-resolution accuracy
+    ("" when none is)."""
+    cells = zero_reference_cells(metrics)
+    if not cells:
+        return ""
+    named = ", ".join(f"`{variant}` seed {seed}" for variant, seed in cells)
+    return (f"Left out of the ratios: {named}, at 0% accuracy at the training resolution, where a "
+            f"ratio to it is undefined.")
 
 
 def signed_pp(diff: float) -> str:
