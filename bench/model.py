@@ -196,7 +196,10 @@ class NaViT(nn.Module):
         positioned = ids != PAD
         coords, grids = batch.coords[positioned], batch.token_grids()[positioned]
         x = self.embed_patches(batch.patches.to(self.head.weight.dtype))
-        extra = self.pos.additive(coords, grids)
+        # Training-time augmentation is drawn per image; each token gets its own image's draw.
+        draws = self.pos.draw(batch.num_images) if self.training else None
+        per_token = {} if draws is None else {"draws": draws.to(x.device)[ids[positioned]]}
+        extra = self.pos.additive(coords, grids, **per_token)
         if extra is not None:
             x = x.masked_scatter(positioned[..., None], (x[positioned] + extra).to(x.dtype))
         if self.cls_token is not None:
@@ -204,7 +207,7 @@ class NaViT(nn.Module):
             x = torch.cat([x, torch.where((slots != PAD)[..., None], self.cls_token.to(x.dtype), 0)], 1)
             ids = torch.cat([ids, slots], 1)
             positioned = torch.cat([positioned, torch.zeros_like(slots, dtype=torch.bool)], 1)
-        return x, ids, self._rope(positioned, coords, grids)
+        return x, ids, self._rope(positioned, coords, grids, per_token)
 
     def build_mask(self, image_ids: Tensor):
         """The attention mask of these image ids, built once and shared by every layer: None when
@@ -226,10 +229,10 @@ class NaViT(nn.Module):
         tokens and images, which changes every batch."""
         self.compiled_encode = torch.compile(self.encode, **options)
 
-    def _rope(self, positioned: Tensor, coords: Tensor, grids: Tensor):
+    def _rope(self, positioned: Tensor, coords: Tensor, grids: Tensor, per_token: dict):
         """(cos, sin), each [depth or 1, R, heads or 1, L, head_dim/2]; the tokens of ``positioned``
         ([R, L] bool) are rotated by their angles, the others (padding, CLS) by angle 0."""
-        angles = self.pos.rotary(coords, grids)
+        angles = self.pos.rotary(coords, grids, **per_token)
         if angles is None:
             return None
         layers, _, heads, half = angles.shape

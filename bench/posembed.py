@@ -80,11 +80,17 @@ class PositionalEmbedding(nn.Module):
         super().__init__()
         self.dim, self.heads, self.depth = dim, heads, depth
 
-    def additive(self, coords: Tensor, grids: Tensor) -> Tensor | None:
+    def draw(self, num_images: int) -> Tensor | None:
+        """Training-time random parameters, one row per image ([N, k]), or None (the default: the
+        variant draws nothing). The model calls it in training only, and hands each token its own
+        image's row as ``draws`` ([T, k]), so an image's embedding never depends on its batch-mates."""
+        return None
+
+    def additive(self, coords: Tensor, grids: Tensor, draws: Tensor | None = None) -> Tensor | None:
         """[T, dim] added to the patch embeddings, or None."""
         return None
 
-    def rotary(self, coords: Tensor, grids: Tensor) -> Tensor | None:
+    def rotary(self, coords: Tensor, grids: Tensor, draws: Tensor | None = None) -> Tensor | None:
         """Rotation angles [depth or 1, T, heads or 1, head_dim // 2] for queries and keys, or None."""
         return None
 
@@ -391,10 +397,53 @@ class RoPEAxial(_Rotary):
         super().__init__(dim, heads, depth)
         self.register_buffer("freqs", self._magnitudes(theta), persistent=False)
 
-    def rotary(self, coords, grids):
-        y, x = coords.float().unbind(-1)
+    def rotary(self, coords, grids, draws=None):
+        y, x = self.position(coords, grids, draws).unbind(-1)
         angles = torch.cat([x[:, None] * self.freqs, y[:, None] * self.freqs], -1)  # [T, head_dim/2]
         return angles[None, :, None, :]
+
+    def position(self, coords: Tensor, grids: Tensor, draws: Tensor | None) -> Tensor:
+        """The (row, col) the angles turn with: [T, 2] float."""
+        return coords.float()
+
+
+@register("rope_axial_normalized")
+class RoPEAxialNormalized(RoPEAxial):
+    """Axial RoPE over normalised coordinates, as DINOv3 builds it: each axis's patch centres span
+    [-1, 1] (2 (p + 0.5) / side - 1), so the frequencies are per image extent, not per patch, and
+    angle = 2 pi c / period with periods base^(4i / head_dim), i < head_dim / 4.
+
+    Training-time augmentation (DINOv3), drawn per image: c -> (c + shift) * jitter * rescale, with
+    shift ~ U[-shift, shift] and jitter ~ logU[1/jitter, jitter] per axis, rescale ~
+    logU[1/rescale, rescale] common to both axes. Off in evaluation.
+    """
+    coordinates = "fractional"
+    title = "RoPE axial, normalised coordinates"
+    family = "rotary (RoPE)"
+    summary = "Axial RoPE over patch centres normalised to [-1, 1] per axis; optional per-image shift, jitter, rescale"
+    paper = "Simeoni et al. 2025 (DINOv3); Chu et al. 2024 (VisionLLaMA)"
+
+    def __init__(self, dim, heads, depth, *, base: float = 100.0, shift: float = 0.0, jitter: float = 1.0,
+                 rescale: float = 1.0):
+        super().__init__(dim, heads, depth, theta=base)
+        self.freqs.mul_(2 * math.pi)
+        if shift < 0 or jitter < 1 or rescale < 1:
+            raise ValueError(f"variant {self.variant!r}: needs shift >= 0, jitter >= 1 and rescale >= 1 "
+                             f"(got {shift}, {jitter}, {rescale})")
+        self.shift, self.jitter, self.rescale = shift, jitter, rescale
+
+    def draw(self, num_images):
+        if not self.shift and self.jitter == 1 and self.rescale == 1:
+            return None
+        # On the CPU, from torch's global generator: the trainer seeds it per cell and checkpoints it,
+        # so a cell draws the same numbers on any device, resumed or not.
+        u = 2 * torch.rand(num_images, 5) - 1
+        log_scale = u[:, 2:4] * math.log(self.jitter) + u[:, 4:] * math.log(self.rescale)
+        return torch.cat([u[:, :2] * self.shift, log_scale.exp()], 1)   # [N, 4]: shift (y, x), scale (y, x)
+
+    def position(self, coords, grids, draws):
+        centres = 2 * (coords.float() + 0.5) / grids.float() - 1
+        return centres if draws is None else (centres + draws[:, :2]) * draws[:, 2:]
 
 
 @register("rope_mixed")
@@ -414,3 +463,4 @@ class RoPEMixed(_Rotary):
         y, x = coords.float().unbind(-1)
         fx, fy = self.freqs
         return x[None, :, None, None] * fx[:, None] + y[None, :, None, None] * fy[:, None]
+

@@ -12,6 +12,10 @@ PATCH = 8
 ALL_VARIANTS = bench.list_variants()
 COMBINED = [v for v in ALL_VARIANTS if "combine" in variant_options(v)]
 ROTARY = [v for v in ALL_VARIANTS if variant_class(v).kind == "rotary"]
+# Options that turn a variant's training-time augmentation on (drawn per image by its ``draw``).
+AUGMENTATION = {"shift": 0.5, "jitter": 1.5, "rescale": 2.0}
+AUGMENTED = [(v, {k: x for k, x in AUGMENTATION.items() if k in variant_options(v)})
+             for v in ALL_VARIANTS if AUGMENTATION.keys() & variant_options(v).keys()]
 # Every variant with its default options, plus every other combine mode of the factorized ones.
 CONFIGS = [(v, {}) for v in ALL_VARIANTS] + [(v, {"combine": c}) for v in COMBINED for c in ("stack", "product")]
 ODD_GRIDS = [(1, 1), (1, 7), (3, 17), (16, 5)]
@@ -39,6 +43,30 @@ def alone(model, images):
 def config_id(config):
     variant, options = config
     return "+".join([variant, *map(str, options.values())])
+
+
+def only(batch, i):
+    """Image ``i``'s tokens of a packed batch, alone in one row, as they were packed."""
+    mine = batch.image_ids == i
+    return PackedBatch(batch.patches[mine][None], torch.zeros(1, int(mine.sum()), dtype=torch.long),
+                       batch.coords[mine][None], batch.grids[i:i + 1], batch.num_dropped)
+
+
+def transposed(image):
+    """The patch-transposed twin: patch (r, c) of an h x w grid moves to (c, r) of a w x h grid."""
+    c, height, width = image.shape
+    h, w = height // PATCH, width // PATCH
+    return image.view(c, h, PATCH, w, PATCH).permute(0, 3, 2, 1, 4).reshape(c, w * PATCH, h * PATCH)
+
+
+def with_draws(model, images, draws, **kwargs):
+    """The model's output in training when its images draw ``draws`` (one row each, in order)."""
+    def draw(num_images):
+        assert num_images == len(draws)
+        return draws
+    model.pos.draw = draw
+    with torch.no_grad():
+        return model(images, **kwargs)
 
 
 def only(batch, i):
@@ -131,6 +159,49 @@ def test_patch_transposed_twin_differs_unless_the_variant_carries_no_position(co
         assert gap < 1e-12
     else:
         assert gap > 1e-9, f"{variant} {options}: an image and its transposed twin give the same logits"
+
+
+@pytest.mark.parametrize("config", AUGMENTED, ids=config_id)
+@pytest.mark.parametrize("pool", POOLS)
+def test_an_images_own_draw_alone_decides_its_output_in_training(config, pool):
+    """Training-time augmentation with each image's draw held fixed: packed == alone, and batch-mates,
+    order, max_seq_len and token dropping change nothing; the augmentation does move the output."""
+    variant, options = config
+    model = make_model(variant, pool, **options).train()
+    torch.manual_seed(5)
+    draws, others = model.pos.draw(len(MIXED)), model.pos.draw(3)
+    reference = torch.cat([with_draws(model, [image], draws[i:i + 1]) for i, image in enumerate(MIXED)])
+    for max_seq_len in (16, 64, 1000):
+        torch.testing.assert_close(with_draws(model, MIXED, draws, max_seq_len=max_seq_len), reference,
+                                   atol=1e-5, rtol=0)
+    order = [4, 0, 6, 2, 5, 1, 3]
+    shuffled = with_draws(model, [MIXED[i] for i in order], draws[order], max_seq_len=64)
+    torch.testing.assert_close(shuffled, reference[order], atol=1e-5, rtol=0)
+    mates = with_draws(model, [MIXED[0]] + images_for([(6, 6), (2, 9), (1, 3)], seed=7),
+                       torch.cat([draws[:1], others]), max_seq_len=64)
+    torch.testing.assert_close(mates[:1], reference[:1], atol=1e-5, rtol=0)
+    dropped = pack(MIXED, PATCH, 64, drop_rates=torch.full((len(MIXED),), 0.5),
+                   generator=torch.Generator().manual_seed(0))
+    kept_alone = torch.cat([with_draws(model, only(dropped, i), draws[i:i + 1]) for i in range(len(MIXED))])
+    torch.testing.assert_close(with_draws(model, dropped, draws), kept_alone, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        assert not torch.allclose(model.eval()(MIXED), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("config", AUGMENTED, ids=config_id)
+def test_augmentation_is_per_image_off_in_eval_and_the_same_for_a_seed(config):
+    variant, options = config
+    model, plain = make_model(variant, **options), make_model(variant)   # the same weights
+    twins = [MIXED[1], MIXED[1]]
+    with torch.no_grad():
+        torch.testing.assert_close(model(MIXED), plain(MIXED), atol=0, rtol=0)
+        model.train()
+        outs = []
+        for seed in (1, 1, 2):
+            torch.manual_seed(seed)
+            outs.append(model(twins))
+    assert torch.equal(outs[0], outs[1]) and not torch.allclose(outs[0], outs[2], atol=1e-4)
+    assert not torch.allclose(outs[0][0], outs[0][1], atol=1e-4)   # one draw per image, not per batch
 
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS)

@@ -1,4 +1,6 @@
 """Each embedding is a function of (row, col) and the grid (h, w): equal inputs, equal outputs."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -175,3 +177,40 @@ def test_rope_needs_head_dim_divisible_by_four():
 def test_bad_combine_is_named():
     with pytest.raises(ValueError, match="factorized_frac_sincos.*combine must be sum, stack or product"):
         make("factorized_frac_sincos", combine="mean")
+
+
+def test_rope_axial_normalized_turns_with_patch_centres_in_minus_one_to_one():
+    pos = make("rope_axial_normalized")
+    head_dim = DIM // HEADS
+    periods = 100.0 ** (4 * torch.arange(head_dim // 4) / head_dim)   # DINOv3's, in units of the coordinate
+    angles = pos.rotary(torch.tensor([[0, 4], [2, 0]]), torch.tensor([[3, 5], [3, 5]]))[0, :, 0]
+    # (row, col) (0, 4) of 3 x 5: centres (-2/3, 0.8); (2, 0): (2/3, -0.8). Columns first, then rows.
+    expected = 2 * math.pi * torch.tensor([[0.8, -2 / 3], [-0.8, 2 / 3]]).repeat_interleave(head_dim // 4, 1) \
+        / periods.repeat(2)
+    torch.testing.assert_close(angles, expected)
+
+
+def test_coordinate_augmentation_draws_one_row_per_image_within_its_ranges():
+    assert make("rope_axial_normalized").draw(4) is None   # off by default
+    torch.manual_seed(3)
+    draws = make("rope_axial_normalized", shift=0.2, jitter=1.5, rescale=2.0).draw(4000)
+    torch.manual_seed(3)
+    assert torch.equal(make("rope_axial_normalized", shift=0.2, jitter=1.5, rescale=2.0).draw(4000), draws)
+    shift, log_scale = draws[:, :2], draws[:, 2:].log()
+    assert draws.shape == (4000, 4) and shift.abs().max() <= 0.2 and shift.abs().max() > 0.19
+    assert log_scale.abs().max() <= math.log(1.5 * 2.0) + 1e-6
+    assert (shift[:, 0] - shift[:, 1]).abs().max() > 0.1   # per axis
+    only_rescale = make("rope_axial_normalized", rescale=2.0).draw(100)
+    assert torch.all(only_rescale[:, :2] == 0) and torch.equal(only_rescale[:, 2], only_rescale[:, 3])   # common
+    only_jitter = make("rope_axial_normalized", jitter=1.5).draw(100)
+    assert (only_jitter[:, 2] != only_jitter[:, 3]).all()   # per axis
+    with pytest.raises(ValueError, match="rope_axial_normalized.*jitter >= 1"):
+        make("rope_axial_normalized", jitter=0.5)
+
+
+def test_augmented_rotation_moves_each_token_by_its_images_draw():
+    pos = make("rope_axial_normalized", shift=0.2)
+    coords, grids = every_position(2, 3)
+    draws = torch.tensor([[0.1, -0.2, 1.5, 0.5]]).expand(6, 4)
+    centres = 2 * (coords + 0.5) / grids - 1
+    torch.testing.assert_close(pos.position(coords, grids, draws), (centres + draws[:, :2]) * draws[:, 2:])
