@@ -2,22 +2,29 @@
 
 images -> pack (bench.packing) -> patch embedding -> + positional embedding (-> one CLS slot
 per image appended to its row) -> blocks with block-diagonal attention -> pooling per image ->
-classifier. Every mask is derived from the one per-token image-id tensor.
+classifier. Every mask is derived from the one per-token image-id tensor; a relative attention
+bias (posembed's ``bias`` kind) is added to the scores of the pairs of tokens of one image.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .packing import DEFAULT_MAX_SEQ_LEN, PAD, PackedBatch, needs_mask, pack
-from .posembed import build_posembed
+from .posembed import PairBias, build_posembed, pair_bias
 
 # mean: masked mean of each image's tokens; map: masked attention pooling (one learned probe);
 # cls: the final state of one learned token per image, packed in its row.
 POOLS = ("mean", "map", "cls")
+# A float mask's score between two images: finite, never -inf, so no row can turn NaN (and every
+# row keeps keys of its own: padding attends to padding); its softmax weight underflows to 0.
+MASKED = -1e30
+# Without gradients, the encoder runs on chunks of rows whose float mask (a relative bias,
+# [rows, heads, L, L] in fp32) stays under this size, or one row where a single row is larger.
+MASK_BYTES = 32 << 20
 
 
 def attention_mask(image_ids: Tensor) -> Tensor:
@@ -44,19 +51,54 @@ def flex_block_mask(image_ids: Tensor):
     return create_block_mask(same_image, rows, None, length, length, device=image_ids.device)
 
 
+class RelativeBias(NamedTuple):
+    """A batch's relative attention bias, as the model applies it: 0 for any pair involving a slot
+    without a position (a CLS token, padding)."""
+    pairs: PairBias
+    positioned: Tensor   # [R, L'] bool: the patch tokens
+
+    def __call__(self, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        both = self.positioned[b, q] & self.positioned[b, kv]
+        return torch.where(both, pair_bias(self.pairs, b, h, q, kv), 0.0)
+
+
+class BiasedBlockMask(NamedTuple):
+    """FlexAttention's document mask (None: every row is one whole image) with a relative bias,
+    added by a score_mod to the scores that the mask keeps."""
+    block_mask: object
+    bias: RelativeBias
+
+
+def biased_mask(bias: RelativeBias, image_ids: Tensor, rows: slice, heads: int) -> Tensor:
+    """[R', heads, L, L] float SDPA mask of ``rows`` (image_ids: theirs): the bias between two tokens
+    of one image, MASKED between two images."""
+    device = image_ids.device
+    b = torch.arange(bias.positioned.shape[0], device=device)[rows].view(-1, 1, 1, 1)
+    q = torch.arange(image_ids.shape[1], device=device).view(1, 1, -1, 1)
+    values = bias(b, torch.arange(heads, device=device).view(1, -1, 1, 1), q, q.transpose(2, 3))
+    return values.masked_fill(~attention_mask(image_ids), MASKED)
+
+
 _compiled_flex: Callable | None = None
 
 
-def flex(q: Tensor, k: Tensor, v: Tensor, block_mask) -> Tensor:
+def flex(q: Tensor, k: Tensor, v: Tensor, mask) -> Tensor:
     """flex_attention is only fused when compiled: on CUDA it is compiled once here (or traced into
-    a compiled encoder); on CPU the unfused reference runs, forward only."""
+    a compiled encoder); on CPU the unfused reference runs, forward only. ``mask``: a BlockMask or a
+    BiasedBlockMask."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
+    block_mask, score_mod = mask, None
+    if isinstance(mask, BiasedBlockMask):
+        block_mask, bias = mask
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + bias(b, h, q_idx, kv_idx).to(score.dtype)
     if not q.is_cuda or torch.compiler.is_compiling():
-        return flex_attention(q, k, v, block_mask=block_mask)
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention)
-    return _compiled_flex(q, k, v, block_mask=block_mask)
+    return _compiled_flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -80,6 +122,8 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = rotate(q, *rope).to(v.dtype), rotate(k, *rope).to(v.dtype)
         if mask is None or isinstance(mask, Tensor):
+            if mask is not None and mask.is_floating_point():   # SDPA wants the queries' dtype (bf16 under autocast)
+                mask = mask.to(q.dtype)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             out = flex(q, k, v, mask)
@@ -173,8 +217,23 @@ class NaViT(nn.Module):
                              f"{batch.num_dropped} tokens but the model is in eval mode")
         batch = batch.to(self.head.weight.device)
         x, ids, rope = self.embed(batch)
-        x = self.norm((self.compiled_encode or self.encode)(x, self.build_mask(ids), rope))
+        bias = self.relative_bias(batch, ids)
+        encode = self.compiled_encode or self.encode
+        parts = [encode(x[rows], self.build_mask(ids[rows], bias, rows),
+                        None if rope is None else tuple(r[:, rows] for r in rope))
+                 for rows in self.row_chunks(ids, bias)]
+        x = self.norm(parts[0] if len(parts) == 1 else torch.cat(parts))
         return self.head(self.pooled(x, ids, batch))
+
+    def row_chunks(self, ids: Tensor, bias: RelativeBias | None) -> list[slice]:
+        """The rows the encoder runs on together: all of them, except that without gradients the float
+        mask of a relative bias is bounded by MASK_BYTES per chunk (with gradients, autograd keeps every
+        chunk's mask for the backward, so chunking would bound nothing)."""
+        rows, length = ids.shape
+        if bias is None or self.attention == "flex" or torch.is_grad_enabled():
+            return [slice(0, rows)]
+        per_chunk = max(1, MASK_BYTES // (4 * self.pos.heads * length ** 2))
+        return [slice(start, start + per_chunk) for start in range(0, rows, per_chunk)]
 
     def pooled(self, x: Tensor, ids: Tensor, batch: PackedBatch) -> Tensor:
         """[N, dim], one vector per image, from the encoder's normed output x and its ids."""
@@ -209,12 +268,29 @@ class NaViT(nn.Module):
             positioned = torch.cat([positioned, torch.zeros_like(slots, dtype=torch.bool)], 1)
         return x, ids, self._rope(positioned, coords, grids, per_token)
 
-    def build_mask(self, image_ids: Tensor):
-        """The attention mask of these image ids, built once and shared by every layer: None when
-        every row is one whole image (dense attention is exact), else a flex block mask or a bool mask."""
-        if not needs_mask(image_ids):
+    def relative_bias(self, batch: PackedBatch, ids: Tensor) -> RelativeBias | None:
+        """The relative attention bias of a bias variant (else None), built once per batch and shared
+        by every layer. ``ids``: the encoder's [R, L'] ids; the CLS slots past the batch's rows carry
+        no position (coordinate 0 and grid (1, 1) for the table), so their pairs get bias 0."""
+        if self.pos.kind != "bias":
             return None
-        return flex_block_mask(image_ids) if self.attention == "flex" else attention_mask(image_ids)
+        extra = ids.shape[1] - batch.row_len
+        coords = torch.cat([batch.coords, batch.coords.new_zeros(batch.num_rows, extra, 2)], 1)
+        grids = torch.cat([batch.token_grids(), batch.coords.new_ones(batch.num_rows, extra, 2)], 1)
+        positioned = torch.cat([batch.valid, ids.new_zeros(batch.num_rows, extra, dtype=torch.bool)], 1)
+        return RelativeBias(self.pos.bias(coords, grids), positioned)
+
+    def build_mask(self, image_ids: Tensor, bias: RelativeBias | None = None, rows: slice = slice(None)):
+        """The attention mask of these image ids (those of the batch's ``rows``), built once and shared
+        by every layer. Without a bias: None when every row is one whole image (dense attention is
+        exact), else a flex block mask or a bool mask. With one: a BiasedBlockMask or a float mask."""
+        if bias is None:
+            if not needs_mask(image_ids):
+                return None
+            return flex_block_mask(image_ids) if self.attention == "flex" else attention_mask(image_ids)
+        if self.attention == "flex":
+            return BiasedBlockMask(flex_block_mask(image_ids) if needs_mask(image_ids) else None, bias)
+        return biased_mask(bias, image_ids, rows, self.pos.heads)
 
     def encode(self, x: Tensor, mask, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """The transformer blocks on [R, L, dim]: all of the model's attention and most of its FLOPs."""

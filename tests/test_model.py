@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import bench
-from bench.model import POOLS, attention_mask
+import bench.model
+from bench.model import MASKED, POOLS, attention_mask
 from bench.packing import PAD, PackedBatch, pack, pad_to_buckets
 from bench.posembed import variant_class, variant_options
 
@@ -12,6 +13,7 @@ PATCH = 8
 ALL_VARIANTS = bench.list_variants()
 COMBINED = [v for v in ALL_VARIANTS if "combine" in variant_options(v)]
 ROTARY = [v for v in ALL_VARIANTS if variant_class(v).kind == "rotary"]
+BIAS = [v for v in ALL_VARIANTS if variant_class(v).kind == "bias"]
 # Options that turn a variant's training-time augmentation on (drawn per image by its ``draw``).
 AUGMENTATION = {"shift": 0.5, "jitter": 1.5, "rescale": 2.0}
 AUGMENTED = [(v, {k: x for k, x in AUGMENTATION.items() if k in variant_options(v)})
@@ -43,20 +45,6 @@ def alone(model, images):
 def config_id(config):
     variant, options = config
     return "+".join([variant, *map(str, options.values())])
-
-
-def only(batch, i):
-    """Image ``i``'s tokens of a packed batch, alone in one row, as they were packed."""
-    mine = batch.image_ids == i
-    return PackedBatch(batch.patches[mine][None], torch.zeros(1, int(mine.sum()), dtype=torch.long),
-                       batch.coords[mine][None], batch.grids[i:i + 1], batch.num_dropped)
-
-
-def transposed(image):
-    """The patch-transposed twin: patch (r, c) of an h x w grid moves to (c, r) of a w x h grid."""
-    c, height, width = image.shape
-    h, w = height // PATCH, width // PATCH
-    return image.view(c, h, PATCH, w, PATCH).permute(0, 3, 2, 1, 4).reshape(c, w * PATCH, h * PATCH)
 
 
 def with_draws(model, images, draws, **kwargs):
@@ -205,12 +193,13 @@ def test_augmentation_is_per_image_off_in_eval_and_the_same_for_a_seed(config):
 
 
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
-def test_cls_token_gets_no_additive_embedding_and_no_rotation(variant):
+def test_cls_token_gets_no_additive_embedding_rotation_or_bias(variant):
     model = make_model(variant, "cls")
     batch = pack(MIXED, PATCH, 64)
     length, real = batch.row_len, batch.valid
     with torch.no_grad():
         x, ids, rope = model.embed(batch)
+        bias = model.relative_bias(batch, ids)
         patches = model.embed_patches(batch.patches)
     slots = ids[:, length:]
     assert sorted(slots[slots != PAD].tolist()) == list(range(len(MIXED)))   # one CLS token per image
@@ -225,18 +214,49 @@ def test_cls_token_gets_no_additive_embedding_and_no_rotation(variant):
         cos, sin = (r.transpose(2, 3) for r in rope)   # [layers, R, L', heads, half]
         assert torch.all(cos[:, :, length:] == 1) and torch.all(sin[:, :, length:] == 0)
         assert not torch.all(sin[:, :, :length][:, real] == 0)
+    assert (bias is not None) == (kind == "bias")
+    if bias is not None:
+        with torch.no_grad():
+            mask = model.build_mask(ids, bias)   # [R, heads, L', L'] float
+        same = attention_mask(ids).expand_as(mask)
+        slot = torch.arange(ids.shape[1])
+        cls_pair = ((slot[:, None] >= length) | (slot[None] >= length)).expand_as(mask)
+        assert torch.all(mask[same & cls_pair] == 0) and torch.all(mask[~same] == MASKED)
+        assert not torch.all(mask[same & ~cls_pair] == 0)
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("variant", ["rope_mixed", *BIAS])
 @pytest.mark.parametrize("pool", POOLS)
-def test_flex_attention_matches_sdpa_for_every_pool(pool):
-    flex, sdpa = make_model("rope_mixed", pool, attention="flex"), make_model("rope_mixed", pool)
+def test_flex_attention_matches_sdpa_for_every_pool(variant, pool):
+    """A relative bias: SDPA's float mask on CPU, FlexAttention's score_mod on the document mask on CUDA."""
+    flex, sdpa = make_model(variant, pool, attention="flex"), make_model(variant, pool)
     with torch.no_grad():
         torch.testing.assert_close(flex(MIXED, max_seq_len=64), sdpa(MIXED, max_seq_len=64), atol=1e-5, rtol=0)
+        one_per_row = pack(MIXED[:2], PATCH, None)   # no document mask: the score_mod alone
+        torch.testing.assert_close(flex(one_per_row), sdpa(one_per_row), atol=1e-5, rtol=0)
 
 
-def test_cls_with_bucketed_batches_and_a_compiled_encoder():
-    model, reference = make_model("rope_axial", "cls"), make_model("rope_axial", "cls")
+@pytest.mark.parametrize("variant", BIAS)
+def test_without_gradients_row_chunks_bound_the_float_mask_and_change_nothing(variant, monkeypatch):
+    model = make_model(variant)
+    batch = pack(MIXED, PATCH, 16)
+    with torch.no_grad():
+        reference = model(batch)
+    two_rows = 4 * model.pos.heads * batch.row_len ** 2 * 2
+    monkeypatch.setattr(bench.model, "MASK_BYTES", two_rows)
+    built, build = [], model.build_mask
+    model.build_mask = lambda *args: built.append(build(*args)) or built[-1]
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), reference, atol=1e-5, rtol=0)
+    assert len(built) == -(-batch.num_rows // 2) and max(4 * m.numel() for m in built) <= two_rows
+    x, ids, _ = model.embed(batch)
+    assert model.row_chunks(ids, model.relative_bias(batch, ids)) == [slice(0, batch.num_rows)]   # with gradients
+
+
+@pytest.mark.parametrize("variant", ["rope_axial", *BIAS])
+def test_cls_with_bucketed_batches_and_a_compiled_encoder(variant):
+    model, reference = make_model(variant, "cls"), make_model(variant, "cls")
     model.compile_encoder(backend="eager")
     batch = pack(MIXED, PATCH, 64)
     with torch.no_grad():
