@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .packing import DEFAULT_MAX_SEQ_LEN, PAD, PackedBatch, needs_mask, pack
-from .posembed import PairBias, build_posembed, pair_bias
+from .posembed import PairBias, build_posembed, pair_column
 
 # mean: masked mean of each image's tokens; map: masked attention pooling (one learned probe);
 # cls: the final state of one learned token per image, packed in its row.
@@ -52,31 +52,40 @@ def flex_block_mask(image_ids: Tensor):
 
 
 class RelativeBias(NamedTuple):
-    """A batch's relative attention bias, as the model applies it: 0 for any pair involving a slot
-    without a position (a CLS token, padding)."""
+    """A batch's relative attention bias as the model applies it: the variant's table, then two
+    columns of its own, 0 for any pair involving a slot without a position (a CLS token, padding)
+    and MASKED for a pair of two images."""
     pairs: PairBias
+    table: Tensor        # [heads, K + 2]
+    ids: Tensor          # [R, L'] the encoder's image ids
     positioned: Tensor   # [R, L'] bool: the patch tokens
 
-    def __call__(self, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+    @classmethod
+    def of(cls, pairs: PairBias, ids: Tensor, positioned: Tensor) -> "RelativeBias":
+        extra = pairs.table.new_tensor([0.0, MASKED]).expand(len(pairs.table), 2)
+        return cls(pairs, torch.cat([pairs.table, extra], 1), ids, positioned)
+
+    def column(self, b: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        """The table column of each pair (index tensors as posembed.pair_column's)."""
+        unpositioned, masked = self.table.shape[1] - 2, self.table.shape[1] - 1
         both = self.positioned[b, q] & self.positioned[b, kv]
-        return torch.where(both, pair_bias(self.pairs, b, h, q, kv), 0.0)
+        own = torch.where(both, pair_column(self.pairs, b, q, kv), unpositioned)
+        return torch.where(self.ids[b, q] == self.ids[b, kv], own, masked)
+
+    def dense(self, rows: slice) -> Tensor:
+        """[R', heads, L', L'] SDPA float mask of ``rows``: one gather of every pair's column."""
+        device = self.ids.device
+        b = torch.arange(self.ids.shape[0], device=device)[rows].view(-1, 1, 1)
+        q = torch.arange(self.ids.shape[1], device=device).view(1, -1, 1)
+        columns = self.column(b, q, q.transpose(1, 2))
+        return self.table.index_select(1, columns.flatten()).view(len(self.table), *columns.shape).transpose(0, 1)
 
 
 class BiasedBlockMask(NamedTuple):
     """FlexAttention's document mask (None: every row is one whole image) with a relative bias,
-    added by a score_mod to the scores that the mask keeps."""
+    added by a score_mod."""
     block_mask: object
     bias: RelativeBias
-
-
-def biased_mask(bias: RelativeBias, image_ids: Tensor, rows: slice, heads: int) -> Tensor:
-    """[R', heads, L, L] float SDPA mask of ``rows`` (image_ids: theirs): the bias between two tokens
-    of one image, MASKED between two images."""
-    device = image_ids.device
-    b = torch.arange(bias.positioned.shape[0], device=device)[rows].view(-1, 1, 1, 1)
-    q = torch.arange(image_ids.shape[1], device=device).view(1, 1, -1, 1)
-    values = bias(b, torch.arange(heads, device=device).view(1, -1, 1, 1), q, q.transpose(2, 3))
-    return values.masked_fill(~attention_mask(image_ids), MASKED)
 
 
 _compiled_flex: Callable | None = None
@@ -93,7 +102,7 @@ def flex(q: Tensor, k: Tensor, v: Tensor, mask) -> Tensor:
         block_mask, bias = mask
 
         def score_mod(score, b, h, q_idx, kv_idx):
-            return score + bias(b, h, q_idx, kv_idx).to(score.dtype)
+            return score + bias.table[h, bias.column(b, q_idx, kv_idx)].to(score.dtype)
     if not q.is_cuda or torch.compiler.is_compiling():
         return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
     if _compiled_flex is None:
@@ -278,7 +287,7 @@ class NaViT(nn.Module):
         coords = torch.cat([batch.coords, batch.coords.new_zeros(batch.num_rows, extra, 2)], 1)
         grids = torch.cat([batch.token_grids(), batch.coords.new_ones(batch.num_rows, extra, 2)], 1)
         positioned = torch.cat([batch.valid, ids.new_zeros(batch.num_rows, extra, dtype=torch.bool)], 1)
-        return RelativeBias(self.pos.bias(coords, grids), positioned)
+        return RelativeBias.of(self.pos.bias(coords, grids), ids, positioned)
 
     def build_mask(self, image_ids: Tensor, bias: RelativeBias | None = None, rows: slice = slice(None)):
         """The attention mask of these image ids (those of the batch's ``rows``), built once and shared
@@ -290,7 +299,7 @@ class NaViT(nn.Module):
             return flex_block_mask(image_ids) if self.attention == "flex" else attention_mask(image_ids)
         if self.attention == "flex":
             return BiasedBlockMask(flex_block_mask(image_ids) if needs_mask(image_ids) else None, bias)
-        return biased_mask(bias, image_ids, rows, self.pos.heads)
+        return bias.dense(rows)
 
     def encode(self, x: Tensor, mask, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """The transformer blocks on [R, L, dim]: all of the model's attention and most of its FLOPs."""

@@ -479,22 +479,21 @@ class RoPEMixed(_Rotary):
 class PairBias(NamedTuple):
     """A batch's attention bias (``_RelativeBias.bias``): column k of ``table`` is the per-head bias
     of one offset (dy, dx) in one block; a block holds every offset of one grid (or of the batch's
-    largest grid, for a bias of the offset alone). ``pair_bias`` reads it for any pair of tokens."""
+    largest grid, for a bias of the offset alone). ``pair_column`` finds a pair's column."""
     table: Tensor    # [heads, K]
-    coords: Tensor   # [R, L, 2] each slot's (row, col)
-    reach: Tensor    # [R, L, 2] the largest |dy|, |dx| of its block
-    start: Tensor    # [R, L] its block's first column
+    row: Tensor      # [R, L] each slot's row and column in its image's grid
+    col: Tensor
+    centre: Tensor   # [R, L] the column of offset (0, 0) in the slot's block
+    width: Tensor    # [R, L] its block's 2 * max |dx| + 1: the column step of dy += 1
 
 
-def pair_bias(bias: PairBias, b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-    """The bias of query q and key kv of row b at head h, for index tensors that broadcast (the dense
-    [R, heads, L, L] of SDPA's float mask) or scalars (a FlexAttention score_mod): the one relative-
-    offset computation of every bias variant. Offsets are clamped to the query's block: a no-op for
-    two tokens of one image, and it keeps the pairs of two images (masked anyway) inside the table."""
-    reach = bias.reach[b, q]
-    dy = torch.minimum(torch.maximum(bias.coords[b, q, 0] - bias.coords[b, kv, 0], -reach[..., 0]), reach[..., 0])
-    dx = torch.minimum(torch.maximum(bias.coords[b, q, 1] - bias.coords[b, kv, 1], -reach[..., 1]), reach[..., 1])
-    return bias.table[h, bias.start[b, q] + (dy + reach[..., 0]) * (2 * reach[..., 1] + 1) + dx + reach[..., 1]]
+def pair_column(bias: PairBias, b: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+    """The table column of query q and key kv of row b, when both are tokens of one image, for index
+    tensors that broadcast (every pair of a row, for SDPA's float mask) or scalars (a FlexAttention
+    score_mod): the one relative-offset computation of every bias variant. For a pair of two images
+    it is any number, maybe outside the table: the model masks those pairs before reading it."""
+    dy, dx = bias.row[b, q] - bias.row[b, kv], bias.col[b, q] - bias.col[b, kv]
+    return bias.centre[b, q] + dy * bias.width[b, q] + dx
 
 
 class _RelativeBias(PositionalEmbedding):
@@ -523,7 +522,8 @@ class _RelativeBias(PositionalEmbedding):
         side, width = blocks[column_block], spans[column_block, 1]
         offsets = torch.stack([local // width - side[:, 0] + 1, local % width - side[:, 1] + 1], 1)
         table = self.values(offsets, side if self.coordinates == "relative_grid" else None)
-        return PairBias(table.T, coords, (blocks - 1)[block_of].view(grids.shape), starts[block_of].view(grids.shape[:-1]))
+        centre = (starts + (blocks[:, 0] - 1) * spans[:, 1] + blocks[:, 1] - 1)[block_of].view(grids.shape[:-1])
+        return PairBias(table.T, coords[..., 0], coords[..., 1], centre, spans[block_of, 1].view(grids.shape[:-1]))
 
 
 @register("swin_rpb")

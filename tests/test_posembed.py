@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.posembed import (_FactorizedSinCos, build_posembed, list_variants, pair_bias, variant_class,
+from bench.posembed import (_FactorizedSinCos, build_posembed, list_variants, pair_column, variant_class,
                             variant_options)
 
 DIM, HEADS, DEPTH = 32, 2, 2
@@ -52,8 +52,7 @@ def pair_biases(pos, coords, grids):
     t = len(coords)
     with torch.no_grad():
         bias = pos.bias(coords[None], grids[None])
-        return pair_bias(bias, torch.tensor(0), torch.arange(pos.heads).view(-1, 1, 1), torch.arange(t).view(1, -1, 1),
-                         torch.arange(t).view(1, 1, -1))
+        return bias.table[:, pair_column(bias, torch.tensor(0), torch.arange(t)[:, None], torch.arange(t)[None])]
 
 
 def offset_biases(pos, h, w):
