@@ -137,3 +137,23 @@ def test_flops_and_mfu_arithmetic():
     assert perf.forward_flops(model, [(batch, None)], "dense") == useful + 2 * 4 * 8 * (49 - 25)
     assert perf.peak_tflops("NVIDIA H100 80GB HBM3") == 989 and perf.peak_tflops("NVIDIA H100 PCIe") == 756
     assert perf.peak_tflops("NVIDIA L40S") == 362 and perf.peak_tflops("Some CPU") is None
+
+
+def test_variants_mode_times_each_variant_against_the_first_on_both_batches(make_config, tmp_path, capsys):
+    out = tmp_path / "variants.json"
+    assert perf.main(["--variants", "rope_axial,swin_rpb", "--images", "3", "--dim", "16", "--depth", "1", "--heads",
+                      "2", "--steps", "1", "--warmup", "0", "--experiment", str(make_config()), "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["reference"] == "rope_axial"
+    standard, experiment = result["benches"]
+    assert standard["bench"] == "standard batch" and experiment["bench"] == "tiny's training batch"
+    assert experiment["model"]["dim"] == 16 and experiment["model"]["patch_size"] == 4   # the experiment's size
+    for bench in result["benches"]:
+        rows = {row["variant"]: row for row in bench["variants"]}
+        assert list(rows) == ["rope_axial", "swin_rpb"] and rows["rope_axial"]["train_ratio"] == 1
+        assert rows["rope_axial"]["train_mask_bytes"] is None and rows["swin_rpb"]["train_mask_bytes"] > 0
+        assert all(row["train_s"] > 0 and row["eval_s"] > 0 for row in rows.values())
+    printed = capsys.readouterr().out
+    assert "| swin_rpb |" in printed and "train / rope_axial" in printed
+    assert perf.main(["--variants", "rope_axial,nonsense", "--skip-data"]) == 2
+    assert "unknown nonsense" in capsys.readouterr().err
