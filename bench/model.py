@@ -52,18 +52,23 @@ def flex_block_mask(image_ids: Tensor):
 
 
 class RelativeBias(NamedTuple):
-    """A batch's relative attention bias as the model applies it: the variant's table, then two
-    columns of its own, 0 for any pair involving a slot without a position (a CLS token, padding)
-    and MASKED for a pair of two images."""
-    pairs: PairBias
-    table: Tensor        # [heads, K + 2]
+    """A batch's relative attention bias as the model applies it: the variant's table with two
+    columns of its own appended, 0 for any pair involving a slot without a position (a CLS token,
+    padding) and MASKED for a pair of two images."""
+    pairs: PairBias      # its table: [heads, K + 2]
     ids: Tensor          # [R, L'] the encoder's image ids
     positioned: Tensor   # [R, L'] bool: the patch tokens
 
     @classmethod
     def of(cls, pairs: PairBias, ids: Tensor, positioned: Tensor) -> "RelativeBias":
-        extra = pairs.table.new_tensor([0.0, MASKED]).expand(len(pairs.table), 2)
-        return cls(pairs, torch.cat([pairs.table, extra], 1), ids, positioned)
+        table = torch.cat([pairs.table, pairs.table.new_tensor([0.0, MASKED]).expand(len(pairs.table), 2)], 1)
+        # Its width follows the batch's grids: a compiled encoder (FlexAttention) must not recompile for each.
+        torch._dynamo.maybe_mark_dynamic(table, 1)
+        return cls(pairs._replace(table=table), ids, positioned)
+
+    @property
+    def table(self) -> Tensor:
+        return self.pairs.table
 
     def column(self, b: Tensor, q: Tensor, kv: Tensor) -> Tensor:
         """The table column of each pair (index tensors as posembed.pair_column's)."""

@@ -10,8 +10,10 @@ import bench
 from bench import perf
 from bench.model import flex_block_mask
 from bench.packing import PAD, ROW_BUCKETS, PackedBatch, bucket, pack, pad_to_buckets
+from bench.posembed import list_variants, variant_class
 
 PATCH = 8
+BIAS = [v for v in list_variants() if variant_class(v).kind == "bias"]
 
 
 def images_for(grids, seed=1):
@@ -19,9 +21,9 @@ def images_for(grids, seed=1):
     return [torch.randn(3, h * PATCH, w * PATCH, generator=g) for h, w in grids]
 
 
-def tiny_model(attention="sdpa"):
+def tiny_model(attention="sdpa", variant="rope_mixed"):
     torch.manual_seed(0)
-    return bench.build_model("rope_mixed", 5, PATCH, 32, 2, 2, attention=attention).eval()
+    return bench.build_model(variant, 5, PATCH, 32, 2, 2, attention=attention).eval()
 
 
 def test_command_runs_on_a_tiny_batch_and_writes_every_setup(tmp_path, capsys):
@@ -90,9 +92,10 @@ def test_buckets_and_bucket_padding_change_no_output():
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("attention", ["sdpa", "flex"])
-def test_compiled_encoder_never_recompiles_within_a_bucket(attention):
+@pytest.mark.parametrize("variant", ["rope_mixed", *BIAS])   # a bias's table is as wide as the batch's grids need
+def test_compiled_encoder_never_recompiles_within_a_bucket(attention, variant):
     # The eager backend traces and guards exactly like inductor, in a fraction of the time.
-    model, reference = tiny_model(attention), tiny_model()
+    model, reference = tiny_model(attention, variant), tiny_model(variant=variant)
     model.compile_encoder(backend="eager", dynamic=False)
     first = pad_to_buckets(pack(images_for([(2, 3), (4, 4), (1, 7)]), PATCH, 64))
     second = pad_to_buckets(pack(images_for([(5, 5), (3, 2), (2, 2), (1, 1)], seed=2), PATCH, 64))
