@@ -23,8 +23,11 @@ POOLS = ("mean", "map", "cls")
 # row keeps keys of its own: padding attends to padding); its softmax weight underflows to 0.
 MASKED = -1e30
 # Without gradients, the encoder runs on chunks of rows whose float mask (a relative bias,
-# [rows, heads, L, L] in fp32) stays under this size, or one row where a single row is larger.
+# [rows, heads, L, L] in fp32) and the int64 pair columns it is gathered from stay under this size
+# together, or on one row where a single row is larger: 4 bytes a head and at most 24 of columns a
+# (query, key) pair (measured: 33 bytes a pair at 3 and at 4 heads).
 MASK_BYTES = 32 << 20
+MASK_BUILD_BYTES = 24
 
 
 def attention_mask(image_ids: Tensor) -> Tensor:
@@ -240,13 +243,13 @@ class NaViT(nn.Module):
         return self.head(self.pooled(x, ids, batch))
 
     def row_chunks(self, ids: Tensor, bias: RelativeBias | None) -> list[slice]:
-        """The rows the encoder runs on together: all of them, except that without gradients the float
-        mask of a relative bias is bounded by MASK_BYTES per chunk (with gradients, autograd keeps every
-        chunk's mask for the backward, so chunking would bound nothing)."""
+        """The rows the encoder runs on together: all of them, except that without gradients a relative
+        bias's float mask and its build are bounded by MASK_BYTES per chunk (with gradients, autograd
+        keeps every chunk's mask for the backward, so chunking would bound nothing)."""
         rows, length = ids.shape
         if bias is None or self.attention == "flex" or torch.is_grad_enabled():
             return [slice(0, rows)]
-        per_chunk = max(1, MASK_BYTES // (4 * self.pos.heads * length ** 2))
+        per_chunk = max(1, MASK_BYTES // ((4 * self.pos.heads + MASK_BUILD_BYTES) * length ** 2))
         return [slice(start, start + per_chunk) for start in range(0, rows, per_chunk)]
 
     def pooled(self, x: Tensor, ids: Tensor, batch: PackedBatch) -> Tensor:
