@@ -501,7 +501,6 @@ class _RelativeBias(PositionalEmbedding):
     query's (row, col) minus the key's. A subclass gives ``values``; ``bias`` evaluates it once per
     batch on every offset a pair of the batch can have, never per pair and never per image."""
     coordinates = "relative"
-    family = "relative bias"
 
     def values(self, offsets: Tensor, grids: Tensor | None) -> Tensor:
         """[K, heads] the bias of K offsets (dy, dx) ([K, 2] long); ``grids`` ([K, 2]) is each
@@ -532,6 +531,7 @@ class SwinRelativeBias(_RelativeBias):
     """Swin's learned relative position bias: a per-head table over (dy, dx) in [-max_offset, max_offset]^2;
     a larger offset reads the table's edge (each axis clamped), as no table row exists for it."""
     title = "Swin relative position bias"
+    family = "relative bias"
     summary = "Learned per-head attention bias table over (dy, dx), clamped to +-max_offset"
     paper = "Liu et al. 2021 (Swin Transformer)"
 
@@ -553,6 +553,7 @@ class SwinV2ContinuousBias(_RelativeBias):
     """Swin V2's continuous position bias: an MLP (2 -> hidden -> heads, ReLU) over log-spaced offsets
     d' = sign(d) log2(1 + 8 |d| / (reference_grid - 1)) / log2(8), then 16 sigmoid(.)."""
     title = "Swin V2 continuous position bias"
+    family = "relative bias"
     summary = "MLP over log-spaced relative offsets (dy, dx), 16 sigmoid; designed to transfer across sizes"
     paper = "Liu et al. 2022 (Swin Transformer V2)"
 
@@ -576,6 +577,7 @@ class FIRE2D(_RelativeBias):
     side the image's grid side on that axis; c and threshold are learned."""
     coordinates = "relative_grid"
     title = "FIRE, 2D"
+    family = "relative bias"
     summary = "MLP over each axis's offset, log-compressed and normalised by the image's side (progressive interpolation)"
     paper = "Li et al. 2023 (FIRE; ICLR 2024)"
 
