@@ -15,7 +15,7 @@ import torch
 import bench
 from bench import cli, posembed
 from bench.cli import Cell, main, plan_cells
-from bench.config import load_experiment
+from bench.config import VariantSpec, load_experiment
 from bench.data import TrainBatches, build_source
 from bench.store import METRICS_COLUMNS, Store
 from bench.train import CellTrainer, Interrupted, Ranks, build_cell_model
@@ -101,9 +101,15 @@ def test_rerun_skips_finished_cells(finished, monkeypatch):
     assert snapshot(out / "cells") == before
 
 
-def test_resumed_training_is_bit_identical(finished, tmp_path):
+# Draws its coordinate augmentation from the global RNG in training: a resume must draw the same.
+AUGMENTED = VariantSpec("rope_axial_normalized", "augmented", {"shift": 0.1, "jitter": 1.5, "rescale": 2.0})
+
+
+@pytest.mark.parametrize("label", ["factorized_abs_learned+stack", AUGMENTED.label])
+def test_resumed_training_is_bit_identical(finished, tmp_path, label):
     experiment = load_experiment(finished[0])
-    spec, train = experiment.variant("factorized_abs_learned+stack"), experiment.train
+    spec = AUGMENTED if label == AUGMENTED.label else experiment.variant(label)
+    train = experiment.train
     source = build_source(experiment.data, "train")
     store = Store(tmp_path)
 
