@@ -13,12 +13,14 @@ seeded generator, a ViT-Ti/16) runs in six setups:
   flex256    packed256 with FlexAttention's document mask (CUDA only: no backward on CPU)
 
 A train step is forward, backward and the optimizer step over the whole batch; an eval step is a
-no-grad forward. ``--variants a,b,...`` times those positional embeddings instead, each against the
-first (list rope_axial first), on two batches: the standard one packed in rows of 256 at the model
-flags' size, and the --experiment's first training batch at its model size. The setups run interleaved, one step of each per round, so a slow spell of a
+no-grad forward. The setups run interleaved, one step of each per round, so a slow spell of a
 shared machine hits all of them alike: times are medians over the rounds after warm-up, and each
 speedup is the median of its per-round ratios to padded. Packing (pack() from the image list) and
 mask building are timed on their own and given as shares of the train step.
+
+``--variants a,b,...`` times those positional embeddings instead, each against the first (list
+rope_axial first), interleaved in the same way, on two batches: the standard one packed in rows of
+256 at the model flags' size, and the --experiment's first training batch at its model size.
 
 FLOPs are counted analytically: the matmuls (2 per multiply-add) and attention's two matmuls, a
 train step being 3x the forward. "GFLOP/step" is what the kernels compute, padding and masked-out
@@ -396,7 +398,8 @@ def run_variants(args, command: str) -> dict:
     device, dtype, amp, device_name = environment(args)
     unknown = [name for name in args.variants if name not in list_variants()]
     if unknown or not args.variants:
-        raise BenchError(f"--variants: unknown {', '.join(unknown) or 'empty list'}; valid: {', '.join(list_variants())}")
+        raise BenchError(f"--variants: unknown {', '.join(unknown) or 'empty list'}; "
+                         f"valid: {', '.join(list_variants())}")
     timer = Timer(device)
     benches = variant_benches(args)
     for bench in benches:
@@ -523,7 +526,8 @@ def variants_summary(result: dict) -> str:
         m = bench["model"]
         lines += ["", f"{bench['bench']} ({bench['shape']} tokens), patch {m['patch_size']} dim {m['dim']} depth "
                       f"{m['depth']} heads {m['heads']}:",
-                  f"| variant | train ms | eval ms | train / {reference} | eval / {reference} | float mask MiB (train) |",
+                  f"| variant | train ms | eval ms | train / {reference} | eval / {reference} "
+                  "| float mask MiB (train) |",
                   "|---|---|---|---|---|---|"]
         for r in bench["variants"]:
             mask = "-" if r["train_mask_bytes"] is None else f"{r['train_mask_bytes'] / 2 ** 20:.2f}"

@@ -578,7 +578,7 @@ class FIRE2D(_RelativeBias):
     coordinates = "relative_grid"
     title = "FIRE, 2D"
     family = "relative bias"
-    summary = "MLP over each axis's offset, log-compressed and normalised by the image's side (progressive interpolation)"
+    summary = "MLP over both axes' offsets, log-compressed and normalised by the image's side on that axis"
     paper = "Li et al. 2023 (FIRE; ICLR 2024)"
 
     def __init__(self, dim, heads, depth, *, hidden: int = 32, c: float = 0.1, threshold: float = 4.0):

@@ -145,7 +145,8 @@ def test_flops_and_mfu_arithmetic():
 def test_variants_mode_times_each_variant_against_the_first_on_both_batches(make_config, tmp_path, capsys):
     out = tmp_path / "variants.json"
     assert perf.main(["--variants", "rope_axial,swin_rpb", "--images", "3", "--dim", "16", "--depth", "1", "--heads",
-                      "2", "--steps", "1", "--warmup", "0", "--experiment", str(make_config()), "--json", str(out)]) == 0
+                      "2", "--steps", "1", "--warmup", "0", "--experiment", str(make_config()),
+                      "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["reference"] == "rope_axial"
     standard, experiment = result["benches"]

@@ -274,7 +274,8 @@ def test_fire_2d_normalises_each_axis_by_its_side_or_the_threshold():
     offsets, grids = torch.tensor([[2, -1], [-7, 0], [1, 1]]), torch.tensor([[3, 9], [12, 2], [1, 30]])
     psi = lambda x: math.log(0.5 * x + 1)   # noqa: E731
     # sides below the threshold (4) are normalised by it
-    u = torch.tensor([[psi(2) / psi(4), -psi(1) / psi(9)], [-psi(7) / psi(12), 0.0], [psi(1) / psi(4), psi(1) / psi(30)]])
+    u = torch.tensor([[psi(2) / psi(4), -psi(1) / psi(9)], [-psi(7) / psi(12), 0.0],
+                      [psi(1) / psi(4), psi(1) / psi(30)]])
     torch.testing.assert_close(pos.values(offsets, grids), pos.mlp(u), atol=1e-5, rtol=0)
 
 
