@@ -2,11 +2,12 @@
 
 images -> pack (bench.packing) -> patch embedding -> + positional embedding (-> one CLS slot
 per image appended to its row) -> blocks with block-diagonal attention -> pooling per image ->
-classifier. Every mask is derived from the one per-token image-id tensor.
+classifier. Every mask is derived from the one per-token image-id tensor; a relative attention
+bias (posembed's ``bias`` kind) is added to the scores of the pairs of tokens of one image.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +15,17 @@ from torch import Tensor, nn
 
 from .config import POOLS   # mean | map | cls: the config schema names them once
 from .packing import DEFAULT_MAX_SEQ_LEN, PAD, PackedBatch, needs_mask, pack
-from .posembed import build_posembed
+from .posembed import PairBias, build_posembed, pair_column
 
+# A float mask's score between two images: finite, never -inf, so no row can turn NaN (and every
+# row keeps keys of its own: padding attends to padding); its softmax weight underflows to 0.
+MASKED = -1e30
+# Without gradients, the encoder runs on chunks of rows whose float mask (a relative bias,
+# [rows, heads, L, L] in fp32) and the int64 pair columns it is gathered from stay under this size
+# together, or on one row where a single row is larger: 4 bytes a head and at most 24 of columns a
+# (query, key) pair (measured: 33 bytes a pair at 3 and at 4 heads).
+MASK_BYTES = 32 << 20
+MASK_BUILD_BYTES = 24
 
 def attention_mask(image_ids: Tensor) -> Tensor:
     """[R, 1, L, L] bool: a token attends to tokens of its own image only.
@@ -41,19 +51,68 @@ def flex_block_mask(image_ids: Tensor):
     return create_block_mask(same_image, rows, None, length, length, device=image_ids.device)
 
 
+class RelativeBias(NamedTuple):
+    """A batch's relative attention bias as the model applies it: the variant's table with two
+    columns of its own appended, 0 for any pair involving a slot without a position (a CLS token,
+    padding) and MASKED for a pair of two images."""
+    pairs: PairBias      # its table: [heads, K + 2]
+    ids: Tensor          # [R, L'] the encoder's image ids
+    positioned: Tensor   # [R, L'] bool: the patch tokens
+
+    @classmethod
+    def of(cls, pairs: PairBias, ids: Tensor, positioned: Tensor) -> "RelativeBias":
+        table = torch.cat([pairs.table, pairs.table.new_tensor([0.0, MASKED]).expand(len(pairs.table), 2)], 1)
+        # Its width follows the batch's grids: a compiled encoder (FlexAttention) must not recompile for each.
+        torch._dynamo.maybe_mark_dynamic(table, 1)
+        return cls(pairs._replace(table=table), ids, positioned)
+
+    @property
+    def table(self) -> Tensor:
+        return self.pairs.table
+
+    def column(self, b: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+        """The table column of each pair (index tensors as posembed.pair_column's)."""
+        unpositioned, masked = self.table.shape[1] - 2, self.table.shape[1] - 1
+        both = self.positioned[b, q] & self.positioned[b, kv]
+        own = torch.where(both, pair_column(self.pairs, b, q, kv), unpositioned)
+        return torch.where(self.ids[b, q] == self.ids[b, kv], own, masked)
+
+    def dense(self, rows: slice) -> Tensor:
+        """[R', heads, L', L'] SDPA float mask of ``rows``: one gather of every pair's column."""
+        device = self.ids.device
+        b = torch.arange(self.ids.shape[0], device=device)[rows].view(-1, 1, 1)
+        q = torch.arange(self.ids.shape[1], device=device).view(1, -1, 1)
+        columns = self.column(b, q, q.transpose(1, 2))
+        return self.table.index_select(1, columns.flatten()).view(len(self.table), *columns.shape).transpose(0, 1)
+
+
+class BiasedBlockMask(NamedTuple):
+    """FlexAttention's document mask (None: every row is one whole image) with a relative bias,
+    added by a score_mod."""
+    block_mask: object
+    bias: RelativeBias
+
+
 _compiled_flex: Callable | None = None
 
 
-def flex(q: Tensor, k: Tensor, v: Tensor, block_mask) -> Tensor:
+def flex(q: Tensor, k: Tensor, v: Tensor, mask) -> Tensor:
     """flex_attention is only fused when compiled: on CUDA it is compiled once here (or traced into
-    a compiled encoder); on CPU the unfused reference runs, forward only."""
+    a compiled encoder); on CPU the unfused reference runs, forward only. ``mask``: a BlockMask or a
+    BiasedBlockMask."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
+    block_mask, score_mod = mask, None
+    if isinstance(mask, BiasedBlockMask):
+        block_mask, bias = mask
+
+        def score_mod(score, b, h, q_idx, kv_idx):
+            return score + bias.table[h, bias.column(b, q_idx, kv_idx)].to(score.dtype)
     if not q.is_cuda or torch.compiler.is_compiling():
-        return flex_attention(q, k, v, block_mask=block_mask)
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask)
     if _compiled_flex is None:
         _compiled_flex = torch.compile(flex_attention)
-    return _compiled_flex(q, k, v, block_mask=block_mask)
+    return _compiled_flex(q, k, v, score_mod=score_mod, block_mask=block_mask)
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -77,6 +136,8 @@ class Attention(nn.Module):
         if rope is not None:
             q, k = rotate(q, *rope).to(v.dtype), rotate(k, *rope).to(v.dtype)
         if mask is None or isinstance(mask, Tensor):
+            if mask is not None and mask.is_floating_point():   # SDPA wants the queries' dtype (bf16 under autocast)
+                mask = mask.to(q.dtype)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             out = flex(q, k, v, mask)
@@ -170,8 +231,23 @@ class NaViT(nn.Module):
                              f"{batch.num_dropped} tokens but the model is in eval mode")
         batch = batch.to(self.head.weight.device)
         x, ids, rope = self.embed(batch)
-        x = self.norm((self.compiled_encode or self.encode)(x, self.build_mask(ids), rope))
+        bias = self.relative_bias(batch, ids)
+        encode = self.compiled_encode or self.encode
+        parts = [encode(x[rows], self.build_mask(ids[rows], bias, rows),
+                        None if rope is None else tuple(r[:, rows] for r in rope))
+                 for rows in self.row_chunks(ids, bias)]
+        x = self.norm(parts[0] if len(parts) == 1 else torch.cat(parts))
         return self.head(self.pooled(x, ids, batch))
+
+    def row_chunks(self, ids: Tensor, bias: RelativeBias | None) -> list[slice]:
+        """The rows the encoder runs on together: all of them, except that without gradients a relative
+        bias's float mask and its build are bounded by MASK_BYTES per chunk (with gradients, autograd
+        keeps every chunk's mask for the backward, so chunking would bound nothing)."""
+        rows, length = ids.shape
+        if bias is None or self.attention == "flex" or torch.is_grad_enabled():
+            return [slice(0, rows)]
+        per_chunk = max(1, MASK_BYTES // ((4 * self.pos.heads + MASK_BUILD_BYTES) * length ** 2))
+        return [slice(start, start + per_chunk) for start in range(0, rows, per_chunk)]
 
     def pooled(self, x: Tensor, ids: Tensor, batch: PackedBatch) -> Tensor:
         """[N, dim], one vector per image, from the encoder's normed output x and its ids."""
@@ -193,7 +269,10 @@ class NaViT(nn.Module):
         positioned = ids != PAD
         coords, grids = batch.coords[positioned], batch.token_grids()[positioned]
         x = self.embed_patches(batch.patches.to(self.head.weight.dtype))
-        extra = self.pos.additive(coords, grids)
+        # Training-time augmentation is drawn per image; each token gets its own image's draw.
+        draws = self.pos.draw(batch.num_images) if self.training else None
+        per_token = {} if draws is None else {"draws": draws.to(x.device)[ids[positioned]]}
+        extra = self.pos.additive(coords, grids, **per_token)
         if extra is not None:
             x = x.masked_scatter(positioned[..., None], (x[positioned] + extra).to(x.dtype))
         if self.cls_token is not None:
@@ -201,14 +280,31 @@ class NaViT(nn.Module):
             x = torch.cat([x, torch.where((slots != PAD)[..., None], self.cls_token.to(x.dtype), 0)], 1)
             ids = torch.cat([ids, slots], 1)
             positioned = torch.cat([positioned, torch.zeros_like(slots, dtype=torch.bool)], 1)
-        return x, ids, self._rope(positioned, coords, grids)
+        return x, ids, self._rope(positioned, coords, grids, per_token)
 
-    def build_mask(self, image_ids: Tensor):
-        """The attention mask of these image ids, built once and shared by every layer: None when
-        every row is one whole image (dense attention is exact), else a flex block mask or a bool mask."""
-        if not needs_mask(image_ids):
+    def relative_bias(self, batch: PackedBatch, ids: Tensor) -> RelativeBias | None:
+        """The relative attention bias of a bias variant (else None), built once per batch and shared
+        by every layer. ``ids``: the encoder's [R, L'] ids; the CLS slots past the batch's rows carry
+        no position (coordinate 0 and grid (1, 1) for the table), so their pairs get bias 0."""
+        if self.pos.kind != "bias":
             return None
-        return flex_block_mask(image_ids) if self.attention == "flex" else attention_mask(image_ids)
+        extra = ids.shape[1] - batch.row_len
+        coords = torch.cat([batch.coords, batch.coords.new_zeros(batch.num_rows, extra, 2)], 1)
+        grids = torch.cat([batch.token_grids(), batch.coords.new_ones(batch.num_rows, extra, 2)], 1)
+        positioned = torch.cat([batch.valid, ids.new_zeros(batch.num_rows, extra, dtype=torch.bool)], 1)
+        return RelativeBias.of(self.pos.bias(coords, grids), ids, positioned)
+
+    def build_mask(self, image_ids: Tensor, bias: RelativeBias | None = None, rows: slice = slice(None)):
+        """The attention mask of these image ids (those of the batch's ``rows``), built once and shared
+        by every layer. Without a bias: None when every row is one whole image (dense attention is
+        exact), else a flex block mask or a bool mask. With one: a BiasedBlockMask or a float mask."""
+        if bias is None:
+            if not needs_mask(image_ids):
+                return None
+            return flex_block_mask(image_ids) if self.attention == "flex" else attention_mask(image_ids)
+        if self.attention == "flex":
+            return BiasedBlockMask(flex_block_mask(image_ids) if needs_mask(image_ids) else None, bias)
+        return bias.dense(rows)
 
     def encode(self, x: Tensor, mask, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         """The transformer blocks on [R, L, dim]: all of the model's attention and most of its FLOPs."""
@@ -223,10 +319,10 @@ class NaViT(nn.Module):
         tokens and images, which changes every batch."""
         self.compiled_encode = torch.compile(self.encode, **options)
 
-    def _rope(self, positioned: Tensor, coords: Tensor, grids: Tensor):
+    def _rope(self, positioned: Tensor, coords: Tensor, grids: Tensor, per_token: dict):
         """(cos, sin), each [depth or 1, R, heads or 1, L, head_dim/2]; the tokens of ``positioned``
         ([R, L] bool) are rotated by their angles, the others (padding, CLS) by angle 0."""
-        angles = self.pos.rotary(coords, grids)
+        angles = self.pos.rotary(coords, grids, **per_token)
         if angles is None:
             return None
         layers, _, heads, half = angles.shape

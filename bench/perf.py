@@ -18,6 +18,10 @@ shared machine hits all of them alike: times are medians over the rounds after w
 speedup is the median of its per-round ratios to padded. Packing (pack() from the image list) and
 mask building are timed on their own and given as shares of the train step.
 
+``--variants a,b,...`` times those positional embeddings instead, each against the first (list
+rope_axial first), interleaved in the same way, on two batches: the standard one packed in rows of
+256 at the model flags' size, and the --experiment's first training batch at its model size.
+
 FLOPs are counted analytically: the matmuls (2 per multiply-add) and attention's two matmuls, a
 train step being 3x the forward. "GFLOP/step" is what the kernels compute, padding and masked-out
 attention included (SDPA computes every row's full L x L scores; flex skips 128 x 128 tiles that
@@ -44,6 +48,7 @@ from torch import Tensor, nn
 from .errors import BenchError
 from .model import NaViT, build_model
 from .packing import PAD, PackedBatch, pack, pad_to_buckets
+from .posembed import list_variants
 from .runtime import REPO, device_name
 
 SIDES = tuple(range(64, 257, 32))
@@ -212,7 +217,8 @@ def median_ratio(numerators: list[float], denominators: list[float]) -> float:
     return statistics.median(n / d for n, d in zip(numerators, denominators))
 
 
-def run(args, command: str) -> dict:
+def environment(args) -> tuple[torch.device, str, Callable, str]:
+    """The device, dtype, autocast context and device name that the flags ask for."""
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -223,7 +229,11 @@ def run(args, command: str) -> dict:
         amp = lambda: torch.autocast(device.type, dtype=torch.bfloat16)  # noqa: E731
     else:
         amp = contextlib.nullcontext
-    name = device_name(device)
+    return device, dtype, amp, device_name(device)
+
+
+def run(args, command: str) -> dict:
+    device, dtype, amp, name = environment(args)
     peak = args.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
 
     images, labels = standard_batch(args.images, args.patch, args.seed)
@@ -347,6 +357,89 @@ def data_pipeline(path: Path, device: torch.device, amp, steps: int, warmup: int
             "train_s": statistics.median(step), "share": median_ratio(data, step)}
 
 
+@dataclass
+class VariantBench:
+    """A batch every variant of --variants runs on, at one model size."""
+    name: str
+    batches: Batches
+    model: dict   # build_model's keyword arguments, the variant aside
+    models: dict[str, tuple[NaViT, torch.optim.Optimizer]] = field(default_factory=dict)
+    times: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+
+
+def variant_benches(args) -> list[VariantBench]:
+    images, labels = standard_batch(args.images, args.patch, args.seed)
+    size = dict(num_classes=NUM_CLASSES, patch_size=args.patch, dim=args.dim, depth=args.depth, heads=args.heads)
+    benches = [VariantBench("standard batch", [(pack(images, args.patch, 256), labels)], size)]
+    path = Path(args.experiment)
+    if not args.skip_data and path.exists():
+        from .config import load_experiment
+        from .data import TrainBatches, build_source
+        experiment = load_experiment(path)
+        source, train, m = build_source(experiment.data, "train"), experiment.train, experiment.model
+        batches = TrainBatches(source, train.resolution, train.token_drop, m.patch_size, train.tokens_per_batch,
+                               train.max_seq_len, seed=0)
+        size = dict(num_classes=source.num_classes, channels=source.channels, patch_size=m.patch_size, dim=m.dim,
+                    depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio, pool=m.pool)
+        benches.append(VariantBench(f"{experiment.name}'s training batch", [batches[0]], size))
+    return benches
+
+
+def run_variants(args, command: str) -> dict:
+    """Each variant's train and eval step on each bench, all interleaved: one step of each per round."""
+    device, dtype, amp, dev_name = environment(args)
+    unknown = [name for name in args.variants if name not in list_variants()]
+    if unknown or not args.variants:
+        raise BenchError(f"--variants: unknown {', '.join(unknown) or 'empty list'}; "
+                         f"valid: {', '.join(list_variants())}")
+    timer = Timer(device)
+    benches = variant_benches(args)
+    for bench in benches:
+        bench.batches = [(b.to(device), y.to(device)) for b, y in bench.batches]
+        for name in args.variants:
+            torch.manual_seed(args.seed)
+            model = build_model(name, **bench.model).to(device)
+            bench.models[name] = model, torch.optim.AdamW(model.parameters(), lr=1e-4)
+            bench.times[name] = {"train": [], "eval": []}
+    with OtherLoad() as load:
+        for round_ in range(args.warmup + args.steps):
+            for bench in benches:
+                images = sum(len(y) for _, y in bench.batches)
+                for name, (model, optimizer) in bench.models.items():
+                    sample = {"train": timer(lambda: train_step(model, optimizer, bench.batches, images, amp)),
+                              "eval": timer(lambda: eval_step(model, bench.batches, amp))}
+                    if round_ >= args.warmup:
+                        for key, value in sample.items():
+                            bench.times[name][key].append(value)
+    reference = args.variants[0]
+    return {
+        "command": command, "device": dev_name, "device_type": device.type, "dtype": dtype,
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "settings": {k: v for k, v in vars(args).items() if k != "json"}, "other_load": load.share,
+        "reference": reference,
+        "benches": [{"bench": bench.name, "model": {k: v for k, v in bench.model.items() if k != "num_classes"},
+                     "shape": " + ".join(f"{b.num_rows}x{b.row_len}" for b, _ in bench.batches),
+                     "variants": [{"variant": name, "train_s": statistics.median(t["train"]),
+                                   "eval_s": statistics.median(t["eval"]),
+                                   "train_ratio": median_ratio(t["train"], bench.times[reference]["train"]),
+                                   "eval_ratio": median_ratio(t["eval"], bench.times[reference]["eval"]),
+                                   "train_mask_bytes": bias_mask_bytes(bench.models[name][0], bench.batches),
+                                   "samples": t}
+                                  for name, t in bench.times.items()]}
+                    for bench in benches],
+    }
+
+
+def bias_mask_bytes(model: NaViT, batches: Batches) -> int | None:
+    """The largest float mask ([rows, heads, L', L'], fp32) a relative bias builds in a train step:
+    whole, since autograd keeps it for the backward. None for the other kinds."""
+    if model.pos.kind != "bias":
+        return None
+    with torch.no_grad():
+        shapes = [model.embed(b)[1].shape for b, _ in batches]
+    return max(4 * model.pos.heads * rows * length ** 2 for rows, length in shapes)
+
+
 def targets(result: dict) -> dict:
     by_name = {row["setup"]: row for row in result["setups"]}
     packed, grouped_row = by_name["packed256"], by_name["grouped"]
@@ -414,6 +507,27 @@ def summary(result: dict) -> str:
     return "\n".join(lines)
 
 
+def variants_summary(result: dict) -> str:
+    s, reference = result["settings"], result["reference"]
+    lines = [result["command"],
+             f"device: {result['device']} ({result['device_type']}, threads: {result['threads']}), torch "
+             f"{result['torch']}, {result['dtype']}; median of {s['steps']} interleaved rounds after {s['warmup']} "
+             f"warm-up, ratios the median of per-round ratios to {reference}; other processes used "
+             f"{'?' if result['other_load'] is None else format(result['other_load'], '.0%')} of the CPU meanwhile"]
+    for bench in result["benches"]:
+        m = bench["model"]
+        lines += ["", f"{bench['bench']} ({bench['shape']} tokens), patch {m['patch_size']} dim {m['dim']} depth "
+                      f"{m['depth']} heads {m['heads']}:",
+                  f"| variant | train ms | eval ms | train / {reference} | eval / {reference} "
+                  "| float mask MiB (train) |",
+                  "|---|---|---|---|---|---|"]
+        for r in bench["variants"]:
+            mask = "-" if r["train_mask_bytes"] is None else f"{r['train_mask_bytes'] / 2 ** 20:.2f}"
+            lines.append(f"| {r['variant']} | {r['train_s'] * 1e3:.1f} | {r['eval_s'] * 1e3:.1f} | "
+                         f"{r['train_ratio']:.2f} | {r['eval_ratio']:.2f} | {mask} |")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.perf", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -425,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variant", default="factorized_abs_learned")
+    parser.add_argument("--variants", type=lambda text: [v for v in text.split(",") if v],
+                        help="comma-separated variants to time against the first, instead of the setups")
     parser.add_argument("--patch", type=int, default=16)
     parser.add_argument("--dim", type=int, default=192)
     parser.add_argument("--depth", type=int, default=6)
@@ -433,9 +549,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default: %(default)s)")
     parser.add_argument("--peak-tflops", type=float, help="bf16 peak for MFU when the device is not in the table")
     parser.add_argument("--experiment", default=str(DEFAULT_EXPERIMENT),
-                        help="experiment whose training batch and step the data pipeline is timed against "
-                             "(default: %(default)s)")
-    parser.add_argument("--skip-data", action="store_true", help="skip the data-pipeline measurement")
+                        help="experiment whose training batch and step the data pipeline (and --variants) is "
+                             "timed on (default: %(default)s)")
+    parser.add_argument("--skip-data", action="store_true", help="skip the data-pipeline measurement (and "
+                                                                 "--variants' experiment batch)")
     return parser
 
 
@@ -445,11 +562,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.images < 1 or args.steps < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
             raise BenchError("--images, --steps and --threads must be >= 1, --warmup >= 0")
-        result = run(args, "python -m bench.perf " + shlex.join(argv))
+        command = "python -m bench.perf " + shlex.join(argv)
+        result = run_variants(args, command) if args.variants is not None else run(args, command)
     except BenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(summary(result))
+    print(variants_summary(result) if args.variants is not None else summary(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

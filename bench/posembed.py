@@ -2,12 +2,13 @@
 
 Every embedding is a function of each token's ``coords`` (row, col) and its image's ``grids``
 (h, w), both long tensors of shape [T, 2]; never of the token's place in the sequence. An
-embedding contributes either an additive vector per token (``additive``) or rotary angles for
-the queries and keys of every layer (``rotary``); NoPE contributes neither.
+embedding contributes an additive vector per token (``additive``), rotary angles for the queries
+and keys of every layer (``rotary``) or an attention bias over the relative positions of two
+tokens of one image (``bias``); NoPE contributes none of them.
 
 Adding a variant: write one small class, decorate it with ``@register("name")``, and add one
-line to docs/embeddings.md. Its ``kind`` (additive, rotary or none) follows from the method it
-overrides; ``coordinates`` says what its embedding is a function of (the tests check it). An
+line to docs/embeddings.md. Its ``kind`` (additive, rotary, bias or none) follows from the method
+it overrides; ``coordinates`` says what its embedding is a function of (the tests check it). An
 option whose right value depends on the experiment's grids (a table's size) gets its default
 from the class's ``grid_defaults`` hook.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +77,12 @@ class GridLimits:
 class PositionalEmbedding(nn.Module):
     """Base class; on its own it is NoPE."""
     variant = "base"
-    kind = "none"   # "additive", "rotary" or "none": set from the method a subclass overrides
+    kind = "none"   # "additive", "rotary", "bias" or "none": set from the method a subclass overrides
     # What the embedding is a function of: "absolute", each token's (row, col) alone; "fractional",
     # its patch centre relative to the grid, ((row + 0.5) / h, (col + 0.5) / w), alone; "grid",
-    # (row, col) and (h, w) together (a table resized to each grid).
+    # (row, col) and (h, w) together (a table resized to each grid). A bias is a function of the
+    # offset (dy, dx) between two tokens of one image: alone ("relative") or with the image's grid
+    # (h, w) ("relative_grid").
     coordinates = "absolute"
     # True: a vanilla ViT, trained at one fixed square resolution. An experiment gives it one (its
     # reference square side) unless the variant's entry sets its own resolution.
@@ -93,7 +96,7 @@ class PositionalEmbedding(nn.Module):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        for kind in ("additive", "rotary"):
+        for kind in ("additive", "rotary", "bias"):
             if getattr(cls, kind) is not getattr(PositionalEmbedding, kind):
                 cls.kind = kind
 
@@ -107,12 +110,24 @@ class PositionalEmbedding(nn.Module):
         each. A table-based variant sizes its table here."""
         return {}
 
-    def additive(self, coords: Tensor, grids: Tensor) -> Tensor | None:
+    def draw(self, num_images: int) -> Tensor | None:
+        """Training-time random parameters, one row per image ([N, k]), or None (the default: the
+        variant draws nothing). The model calls it in training only, and hands each token its own
+        image's row as ``draws`` ([T, k]), so an image's embedding never depends on its batch-mates."""
+        return None
+
+    def additive(self, coords: Tensor, grids: Tensor, draws: Tensor | None = None) -> Tensor | None:
         """[T, dim] added to the patch embeddings, or None."""
         return None
 
-    def rotary(self, coords: Tensor, grids: Tensor) -> Tensor | None:
+    def rotary(self, coords: Tensor, grids: Tensor, draws: Tensor | None = None) -> Tensor | None:
         """Rotation angles [depth or 1, T, heads or 1, head_dim // 2] for queries and keys, or None."""
+        return None
+
+    def bias(self, coords: Tensor, grids: Tensor) -> "PairBias | None":
+        """The attention bias of every pair of tokens of one image (``PairBias``), or None. Unlike the
+        others it takes the packed rows, coords and grids [R, L, 2]; the model calls it once per batch
+        and every layer shares it."""
         return None
 
     def _check_grid(self, grids: Tensor, max_h: int, max_w: int) -> None:
@@ -481,10 +496,53 @@ class RoPEAxial(_Rotary):
         super().__init__(dim, heads, depth)
         self.register_buffer("freqs", self._magnitudes(theta), persistent=False)
 
-    def rotary(self, coords, grids):
-        y, x = coords.float().unbind(-1)
+    def rotary(self, coords, grids, draws=None):
+        y, x = self.position(coords, grids, draws).unbind(-1)
         angles = torch.cat([x[:, None] * self.freqs, y[:, None] * self.freqs], -1)  # [T, head_dim/2]
         return angles[None, :, None, :]
+
+    def position(self, coords: Tensor, grids: Tensor, draws: Tensor | None) -> Tensor:
+        """The (row, col) the angles turn with: [T, 2] float."""
+        return coords.float()
+
+
+@register("rope_axial_normalized")
+class RoPEAxialNormalized(RoPEAxial):
+    """Axial RoPE over normalised coordinates, as DINOv3 builds it: each axis's patch centres span
+    [-1, 1] (2 (p + 0.5) / side - 1), so the frequencies are per image extent, not per patch, and
+    angle = 2 pi c / period with periods base^(4i / head_dim), i < head_dim / 4.
+
+    Training-time augmentation (DINOv3), drawn per image: c -> (c + shift) * jitter * rescale, with
+    shift ~ U[-shift, shift] and jitter ~ logU[1/jitter, jitter] per axis, rescale ~
+    logU[1/rescale, rescale] common to both axes. Off in evaluation.
+    """
+    coordinates = "fractional"
+    title = "RoPE axial, normalised coordinates"
+    family = "rotary (RoPE)"
+    summary = "Axial RoPE over patch centres normalised to [-1, 1] per axis; optional per-image shift, jitter, rescale"
+    paper = "Simeoni et al. 2025 (DINOv3); Chu et al. 2024 (VisionLLaMA)"
+
+    def __init__(self, dim, heads, depth, *, base: float = 100.0, shift: float = 0.0, jitter: float = 1.0,
+                 rescale: float = 1.0):
+        super().__init__(dim, heads, depth, theta=base)
+        self.freqs.mul_(2 * math.pi)
+        if shift < 0 or jitter < 1 or rescale < 1:
+            raise ValueError(f"variant {self.variant!r}: needs shift >= 0, jitter >= 1 and rescale >= 1 "
+                             f"(got {shift}, {jitter}, {rescale})")
+        self.shift, self.jitter, self.rescale = shift, jitter, rescale
+
+    def draw(self, num_images):
+        if not self.shift and self.jitter == 1 and self.rescale == 1:
+            return None
+        # On the CPU, from torch's global generator: the trainer seeds it per cell and checkpoints it,
+        # so a cell draws the same numbers on any device, resumed or not.
+        u = 2 * torch.rand(num_images, 5) - 1
+        log_scale = u[:, 2:4] * math.log(self.jitter) + u[:, 4:] * math.log(self.rescale)
+        return torch.cat([u[:, :2] * self.shift, log_scale.exp()], 1)   # [N, 4]: shift (y, x), scale (y, x)
+
+    def position(self, coords, grids, draws):
+        centres = 2 * (coords.float() + 0.5) / grids.float() - 1
+        return centres if draws is None else (centres + draws[:, :2]) * draws[:, 2:]
 
 
 @register("rope_mixed")
@@ -508,3 +566,142 @@ class RoPEMixed(_Rotary):
         y, x = coords.float().unbind(-1)
         fx, fy = self.freqs
         return x[None, :, None, None] * fx[:, None] + y[None, :, None, None] * fy[:, None]
+
+
+# ---- additive attention bias over relative positions -----------------------------------------
+
+class PairBias(NamedTuple):
+    """A batch's attention bias (``_RelativeBias.bias``): column k of ``table`` is the per-head bias
+    of one offset (dy, dx) in one block; a block holds every offset of one grid (or of the batch's
+    largest grid, for a bias of the offset alone). ``pair_column`` finds a pair's column."""
+    table: Tensor    # [heads, K]
+    row: Tensor      # [R, L] each slot's row and column in its image's grid
+    col: Tensor
+    centre: Tensor   # [R, L] the column of offset (0, 0) in the slot's block
+    width: Tensor    # [R, L] its block's 2 * max |dx| + 1: the column step of dy += 1
+
+
+def pair_column(bias: PairBias, b: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+    """The table column of query q and key kv of row b, when both are tokens of one image, for index
+    tensors that broadcast (every pair of a row, for SDPA's float mask) or scalars (a FlexAttention
+    score_mod): the one relative-offset computation of every bias variant. For a pair of two images
+    it is any number, maybe outside the table: the model masks those pairs before reading it."""
+    dy, dx = bias.row[b, q] - bias.row[b, kv], bias.col[b, q] - bias.col[b, kv]
+    return bias.centre[b, q] + dy * bias.width[b, q] + dx
+
+
+class _RelativeBias(PositionalEmbedding):
+    """An additive attention bias b(dy, dx) per head, between two tokens of one image; dy, dx = the
+    query's (row, col) minus the key's. A subclass gives ``values``; ``bias`` evaluates it once per
+    batch on every offset a pair of the batch can have, never per pair and never per image."""
+    coordinates = "relative"
+
+    def values(self, offsets: Tensor, grids: Tensor | None) -> Tensor:
+        """[K, heads] the bias of K offsets (dy, dx) ([K, 2] long); ``grids`` ([K, 2]) is each
+        offset's image grid for coordinates "relative_grid", None for "relative"."""
+        raise NotImplementedError
+
+    def bias(self, coords, grids):
+        flat = grids.reshape(-1, 2)
+        if self.coordinates == "relative_grid":   # a block per distinct grid (many images share one)
+            keys, block_of = torch.unique(flat[:, 0] << 32 | flat[:, 1], return_inverse=True)   # 1D: 20x faster
+            blocks = torch.stack([keys >> 32, keys & 0xFFFFFFFF], 1)
+        else:   # one block of every offset of the batch: values of the offset alone, so no batch-mate changes them
+            blocks, block_of = flat.amax(0, keepdim=True), flat.new_zeros(len(flat))
+        spans = 2 * blocks - 1
+        sizes = spans.prod(1)
+        starts = sizes.cumsum(0) - sizes
+        column_block = torch.repeat_interleave(torch.arange(len(blocks), device=flat.device), sizes)
+        local = torch.arange(len(column_block), device=flat.device) - starts[column_block]
+        side, width = blocks[column_block], spans[column_block, 1]
+        offsets = torch.stack([local // width - side[:, 0] + 1, local % width - side[:, 1] + 1], 1)
+        table = self.values(offsets, side if self.coordinates == "relative_grid" else None)
+        centre = (starts + (blocks[:, 0] - 1) * spans[:, 1] + blocks[:, 1] - 1)[block_of].view(grids.shape[:-1])
+        return PairBias(table.T, coords[..., 0], coords[..., 1], centre, spans[block_of, 1].view(grids.shape[:-1]))
+
+
+@register("swin_rpb")
+class SwinRelativeBias(_RelativeBias):
+    """Swin's learned relative position bias: a per-head table over (dy, dx) in [-max_offset, max_offset]^2;
+    a larger offset reads the table's edge (each axis clamped), as no table row exists for it."""
+    title = "Swin relative position bias"
+    family = "relative bias"
+    summary = "Learned per-head attention bias table over (dy, dx), clamped to +-max_offset"
+    paper = "Liu et al. 2021 (Swin Transformer)"
+
+    def __init__(self, dim, heads, depth, *, max_offset: int = 7):
+        super().__init__(dim, heads, depth)
+        if max_offset < 1:
+            raise ValueError(f"variant {self.variant!r}: max_offset must be at least 1, got {max_offset}")
+        self.max_offset = max_offset
+        side = 2 * max_offset + 1
+        self.table = nn.Parameter(nn.init.trunc_normal_(torch.empty(side, side, heads), std=0.02))
+
+    @classmethod
+    def grid_defaults(cls, grids):
+        # Every offset a training image holds has its own entry; longer ones, met only in
+        # evaluation, read the table's edge.
+        return {"max_offset": max(1, grids.largest_train - 1)}
+
+    def values(self, offsets, grids):
+        index = offsets.clamp(-self.max_offset, self.max_offset) + self.max_offset
+        return self.table[index[:, 0], index[:, 1]]
+
+
+@register("swinv2_cpb")
+class SwinV2ContinuousBias(_RelativeBias):
+    """Swin V2's continuous position bias: an MLP (2 -> hidden -> heads, ReLU) over log-spaced offsets
+    d' = sign(d) log2(1 + 8 |d| / (reference_grid - 1)) / log2(8), then 16 sigmoid(.)."""
+    title = "Swin V2 continuous position bias"
+    family = "relative bias"
+    summary = "MLP over log-spaced relative offsets (dy, dx), 16 sigmoid; designed to transfer across sizes"
+    paper = "Liu et al. 2022 (Swin Transformer V2)"
+
+    def __init__(self, dim, heads, depth, *, hidden: int = 512, reference_grid: int = 8):
+        super().__init__(dim, heads, depth)
+        if hidden < 1 or reference_grid < 2:
+            raise ValueError(f"variant {self.variant!r}: needs hidden >= 1 and reference_grid >= 2 "
+                             f"(got {hidden}, {reference_grid})")
+        self.reference_grid = reference_grid
+        self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, heads, bias=False))
+
+    @classmethod
+    def grid_defaults(cls, grids):
+        # Swin V2 normalises offsets by the window it was trained at: here the largest training grid.
+        return {"reference_grid": max(2, grids.largest_train)}
+
+    def values(self, offsets, grids):
+        scaled = 8 * offsets.to(self.mlp[0].weight.dtype) / (self.reference_grid - 1)
+        return 16 * torch.sigmoid(self.mlp(scaled.sign() * torch.log2(1 + scaled.abs()) / math.log2(8)))
+
+
+@register("fire_2d")
+class FIRE2D(_RelativeBias):
+    """FIRE (Li et al. 2023) in 2D: one MLP (2 -> hidden -> heads, ReLU) over both axes' progressively
+    interpolated offsets, u = sign(d) psi(|d|) / psi(max(side, threshold)) with psi(x) = log(c x + 1),
+    side the image's grid side on that axis; c and threshold are learned."""
+    coordinates = "relative_grid"
+    title = "FIRE, 2D"
+    family = "relative bias"
+    summary = "MLP over both axes' offsets, log-compressed and normalised by the image's side on that axis"
+    paper = "Li et al. 2023 (FIRE; ICLR 2024)"
+
+    def __init__(self, dim, heads, depth, *, hidden: int = 32, c: float = 0.1, threshold: float = 4.0):
+        super().__init__(dim, heads, depth)
+        if hidden < 1 or c <= 0 or threshold <= 0:
+            raise ValueError(f"variant {self.variant!r}: needs hidden >= 1, c > 0 and threshold > 0 "
+                             f"(got {hidden}, {c}, {threshold})")
+        # One MLP over both axes, not a sum of one per axis: it can learn how the two offsets interact
+        # (a round neighbourhood, a diagonal), which a sum b_y(dy) + b_x(dx) cannot represent.
+        self.mlp = nn.Sequential(nn.Linear(2, hidden), nn.ReLU(), nn.Linear(hidden, heads))
+        self.c = nn.Parameter(torch.tensor(float(c)))
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+
+    def values(self, offsets, grids):
+        # FIRE's causal offsets are never negative; both signs occur here, so the sign is kept: without
+        # it b(dy, dx) = b(-dy, dx), and an image and its mirror image would give the same logits.
+        normaliser = self._psi(torch.maximum(grids.to(self.c.dtype), self.threshold.abs())) + 1e-6
+        return self.mlp(offsets.sign() * self._psi(offsets.abs().to(self.c.dtype)) / normaliser)
+
+    def _psi(self, x: Tensor) -> Tensor:
+        return torch.log(self.c.abs() * x + 1)

@@ -139,6 +139,13 @@ def test_dataloader_workers_give_the_same_batches_and_resume_mid_way(source):
         assert_same_batch(a, b)
 
 
+def test_starting_the_train_loader_leaves_the_global_rng_alone(source):
+    # A model draws training-time augmentation from it: a resume must not shift those draws.
+    state = torch.get_rng_state()
+    next(iter(train_loader(batches_for(source), 1, 2)))
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_eval_batches_pack_every_test_image_once_without_dropping():
     test = SyntheticSource("rel_position", "test", 50)
     seen = []

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import bench
-from bench.model import POOLS, attention_mask
+import bench.model
+from bench.model import MASKED, POOLS, attention_mask
 from bench.packing import PAD, PackedBatch, pack, pad_to_buckets
 from bench.posembed import variant_class, variant_options
 
@@ -12,6 +13,11 @@ PATCH = 8
 ALL_VARIANTS = bench.list_variants()
 COMBINED = [v for v in ALL_VARIANTS if "combine" in variant_options(v)]
 ROTARY = [v for v in ALL_VARIANTS if variant_class(v).kind == "rotary"]
+BIAS = [v for v in ALL_VARIANTS if variant_class(v).kind == "bias"]
+# Options that turn a variant's training-time augmentation on (drawn per image by its ``draw``).
+AUGMENTATION = {"shift": 0.5, "jitter": 1.5, "rescale": 2.0}
+AUGMENTED = [(v, {k: x for k, x in AUGMENTATION.items() if k in variant_options(v)})
+             for v in ALL_VARIANTS if AUGMENTATION.keys() & variant_options(v).keys()]
 # Every variant with its default options, plus every other combine mode of the factorized ones.
 CONFIGS = [(v, {}) for v in ALL_VARIANTS] + [(v, {"combine": c}) for v in COMBINED for c in ("stack", "product")]
 ODD_GRIDS = [(1, 1), (1, 7), (3, 17), (16, 5)]
@@ -39,6 +45,16 @@ def alone(model, images):
 def config_id(config):
     variant, options = config
     return "+".join([variant, *map(str, options.values())])
+
+
+def with_draws(model, images, draws, **kwargs):
+    """The model's output in training when its images draw ``draws`` (one row each, in order)."""
+    def draw(num_images):
+        assert num_images == len(draws)
+        return draws
+    model.pos.draw = draw
+    with torch.no_grad():
+        return model(images, **kwargs)
 
 
 def only(batch, i):
@@ -133,13 +149,57 @@ def test_patch_transposed_twin_differs_unless_the_variant_carries_no_position(co
         assert gap > 1e-9, f"{variant} {options}: an image and its transposed twin give the same logits"
 
 
+@pytest.mark.parametrize("config", AUGMENTED, ids=config_id)
+@pytest.mark.parametrize("pool", POOLS)
+def test_an_images_own_draw_alone_decides_its_output_in_training(config, pool):
+    """Training-time augmentation with each image's draw held fixed: packed == alone, and batch-mates,
+    order, max_seq_len and token dropping change nothing; the augmentation does move the output."""
+    variant, options = config
+    model = make_model(variant, pool, **options).train()
+    torch.manual_seed(5)
+    draws, others = model.pos.draw(len(MIXED)), model.pos.draw(3)
+    reference = torch.cat([with_draws(model, [image], draws[i:i + 1]) for i, image in enumerate(MIXED)])
+    for max_seq_len in (16, 64, 1000):
+        torch.testing.assert_close(with_draws(model, MIXED, draws, max_seq_len=max_seq_len), reference,
+                                   atol=1e-5, rtol=0)
+    order = [4, 0, 6, 2, 5, 1, 3]
+    shuffled = with_draws(model, [MIXED[i] for i in order], draws[order], max_seq_len=64)
+    torch.testing.assert_close(shuffled, reference[order], atol=1e-5, rtol=0)
+    mates = with_draws(model, [MIXED[0]] + images_for([(6, 6), (2, 9), (1, 3)], seed=7),
+                       torch.cat([draws[:1], others]), max_seq_len=64)
+    torch.testing.assert_close(mates[:1], reference[:1], atol=1e-5, rtol=0)
+    dropped = pack(MIXED, PATCH, 64, drop_rates=torch.full((len(MIXED),), 0.5),
+                   generator=torch.Generator().manual_seed(0))
+    kept_alone = torch.cat([with_draws(model, only(dropped, i), draws[i:i + 1]) for i in range(len(MIXED))])
+    torch.testing.assert_close(with_draws(model, dropped, draws), kept_alone, atol=1e-5, rtol=0)
+    with torch.no_grad():
+        assert not torch.allclose(model.eval()(MIXED), reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("config", AUGMENTED, ids=config_id)
+def test_augmentation_is_per_image_off_in_eval_and_the_same_for_a_seed(config):
+    variant, options = config
+    model, plain = make_model(variant, **options), make_model(variant)   # the same weights
+    twins = [MIXED[1], MIXED[1]]
+    with torch.no_grad():
+        torch.testing.assert_close(model(MIXED), plain(MIXED), atol=0, rtol=0)
+        model.train()
+        outs = []
+        for seed in (1, 1, 2):
+            torch.manual_seed(seed)
+            outs.append(model(twins))
+    assert torch.equal(outs[0], outs[1]) and not torch.allclose(outs[0], outs[2], atol=1e-4)
+    assert not torch.allclose(outs[0][0], outs[0][1], atol=1e-4)   # one draw per image, not per batch
+
+
 @pytest.mark.parametrize("variant", ALL_VARIANTS)
-def test_cls_token_gets_no_additive_embedding_and_no_rotation(variant):
+def test_cls_token_gets_no_additive_embedding_rotation_or_bias(variant):
     model = make_model(variant, "cls")
     batch = pack(MIXED, PATCH, 64)
     length, real = batch.row_len, batch.valid
     with torch.no_grad():
         x, ids, rope = model.embed(batch)
+        bias = model.relative_bias(batch, ids)
         patches = model.embed_patches(batch.patches)
     slots = ids[:, length:]
     assert sorted(slots[slots != PAD].tolist()) == list(range(len(MIXED)))   # one CLS token per image
@@ -154,18 +214,49 @@ def test_cls_token_gets_no_additive_embedding_and_no_rotation(variant):
         cos, sin = (r.transpose(2, 3) for r in rope)   # [layers, R, L', heads, half]
         assert torch.all(cos[:, :, length:] == 1) and torch.all(sin[:, :, length:] == 0)
         assert not torch.all(sin[:, :, :length][:, real] == 0)
+    assert (bias is not None) == (kind == "bias")
+    if bias is not None:
+        with torch.no_grad():
+            mask = model.build_mask(ids, bias)   # [R, heads, L', L'] float
+        same = attention_mask(ids).expand_as(mask)
+        slot = torch.arange(ids.shape[1])
+        cls_pair = ((slot[:, None] >= length) | (slot[None] >= length)).expand_as(mask)
+        assert torch.all(mask[same & cls_pair] == 0) and torch.all(mask[~same] == MASKED)
+        assert not torch.all(mask[same & ~cls_pair] == 0)
 
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("variant", ["rope_mixed", *BIAS])
 @pytest.mark.parametrize("pool", POOLS)
-def test_flex_attention_matches_sdpa_for_every_pool(pool):
-    flex, sdpa = make_model("rope_mixed", pool, attention="flex"), make_model("rope_mixed", pool)
+def test_flex_attention_matches_sdpa_for_every_pool(variant, pool):
+    """A relative bias: SDPA's float mask on CPU, FlexAttention's score_mod on the document mask on CUDA."""
+    flex, sdpa = make_model(variant, pool, attention="flex"), make_model(variant, pool)
     with torch.no_grad():
         torch.testing.assert_close(flex(MIXED, max_seq_len=64), sdpa(MIXED, max_seq_len=64), atol=1e-5, rtol=0)
+        one_per_row = pack(MIXED[:2], PATCH, None)   # no document mask: the score_mod alone
+        torch.testing.assert_close(flex(one_per_row), sdpa(one_per_row), atol=1e-5, rtol=0)
 
 
-def test_cls_with_bucketed_batches_and_a_compiled_encoder():
-    model, reference = make_model("rope_axial", "cls"), make_model("rope_axial", "cls")
+@pytest.mark.parametrize("variant", BIAS)
+def test_without_gradients_row_chunks_bound_the_float_mask_and_change_nothing(variant, monkeypatch):
+    model = make_model(variant)
+    batch = pack(MIXED, PATCH, 16)
+    with torch.no_grad():
+        reference = model(batch)
+    per_pair = 4 * model.pos.heads + bench.model.MASK_BUILD_BYTES
+    monkeypatch.setattr(bench.model, "MASK_BYTES", 2 * per_pair * batch.row_len ** 2)   # two rows
+    built, build = [], model.build_mask
+    model.build_mask = lambda *args: built.append(build(*args)) or built[-1]
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), reference, atol=1e-5, rtol=0)
+    assert len(built) == -(-batch.num_rows // 2) and max(len(mask) for mask in built) == 2
+    x, ids, _ = model.embed(batch)
+    assert model.row_chunks(ids, model.relative_bias(batch, ids)) == [slice(0, batch.num_rows)]   # with gradients
+
+
+@pytest.mark.parametrize("variant", ["rope_axial", *BIAS])
+def test_cls_with_bucketed_batches_and_a_compiled_encoder(variant):
+    model, reference = make_model(variant, "cls"), make_model(variant, "cls")
     model.compile_encoder(backend="eager")
     batch = pack(MIXED, PATCH, 64)
     with torch.no_grad():

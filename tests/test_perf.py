@@ -10,8 +10,10 @@ import bench
 from bench import perf
 from bench.model import flex_block_mask
 from bench.packing import PAD, ROW_BUCKETS, PackedBatch, bucket, pack, pad_to_buckets
+from bench.posembed import list_variants, variant_class
 
 PATCH = 8
+BIAS = [v for v in list_variants() if variant_class(v).kind == "bias"]
 
 
 def images_for(grids, seed=1):
@@ -19,9 +21,9 @@ def images_for(grids, seed=1):
     return [torch.randn(3, h * PATCH, w * PATCH, generator=g) for h, w in grids]
 
 
-def tiny_model(attention="sdpa"):
+def tiny_model(attention="sdpa", variant="rope_mixed"):
     torch.manual_seed(0)
-    return bench.build_model("rope_mixed", 5, PATCH, 32, 2, 2, attention=attention).eval()
+    return bench.build_model(variant, 5, PATCH, 32, 2, 2, attention=attention).eval()
 
 
 def test_command_runs_on_a_tiny_batch_and_writes_every_setup(tmp_path, capsys):
@@ -90,9 +92,10 @@ def test_buckets_and_bucket_padding_change_no_output():
 
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("attention", ["sdpa", "flex"])
-def test_compiled_encoder_never_recompiles_within_a_bucket(attention):
+@pytest.mark.parametrize("variant", ["rope_mixed", *BIAS])   # a bias's table is as wide as the batch's grids need
+def test_compiled_encoder_never_recompiles_within_a_bucket(attention, variant):
     # The eager backend traces and guards exactly like inductor, in a fraction of the time.
-    model, reference = tiny_model(attention), tiny_model()
+    model, reference = tiny_model(attention, variant), tiny_model(variant=variant)
     model.compile_encoder(backend="eager", dynamic=False)
     first = pad_to_buckets(pack(images_for([(2, 3), (4, 4), (1, 7)]), PATCH, 64))
     second = pad_to_buckets(pack(images_for([(5, 5), (3, 2), (2, 2), (1, 1)], seed=2), PATCH, 64))
@@ -137,3 +140,24 @@ def test_flops_and_mfu_arithmetic():
     assert perf.forward_flops(model, [(batch, None)], "dense") == useful + 2 * 4 * 8 * (49 - 25)
     assert perf.peak_tflops("NVIDIA H100 80GB HBM3") == 989 and perf.peak_tflops("NVIDIA H100 PCIe") == 756
     assert perf.peak_tflops("NVIDIA L40S") == 362 and perf.peak_tflops("Some CPU") is None
+
+
+def test_variants_mode_times_each_variant_against_the_first_on_both_batches(make_config, tmp_path, capsys):
+    out = tmp_path / "variants.json"
+    assert perf.main(["--variants", "rope_axial,swin_rpb", "--images", "3", "--dim", "16", "--depth", "1", "--heads",
+                      "2", "--steps", "1", "--warmup", "0", "--experiment", str(make_config()),
+                      "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["reference"] == "rope_axial"
+    standard, experiment = result["benches"]
+    assert standard["bench"] == "standard batch" and experiment["bench"] == "tiny's training batch"
+    assert experiment["model"]["dim"] == 16 and experiment["model"]["patch_size"] == 4   # the experiment's size
+    for bench in result["benches"]:
+        rows = {row["variant"]: row for row in bench["variants"]}
+        assert list(rows) == ["rope_axial", "swin_rpb"] and rows["rope_axial"]["train_ratio"] == 1
+        assert rows["rope_axial"]["train_mask_bytes"] is None and rows["swin_rpb"]["train_mask_bytes"] > 0
+        assert all(row["train_s"] > 0 and row["eval_s"] > 0 for row in rows.values())
+    printed = capsys.readouterr().out
+    assert "| swin_rpb |" in printed and "train / rope_axial" in printed
+    assert perf.main(["--variants", "rope_axial,nonsense", "--skip-data"]) == 2
+    assert "unknown nonsense" in capsys.readouterr().err

@@ -120,11 +120,14 @@ class TrainBatches(Dataset):
 
 def train_loader(batches: TrainBatches, start_step: int, num_steps: int, num_workers: int = 0,
                  pin_memory: bool = False) -> DataLoader:
-    """Yields batches[start_step], ..., batches[num_steps - 1] in order."""
+    """Yields batches[start_step], ..., batches[num_steps - 1] in order.
+
+    Its own generator: starting an iterator draws a worker seed, which would otherwise advance torch's
+    global RNG, that a model draws training-time augmentation from, once more on every resume."""
     if not 0 <= start_step <= num_steps:
         raise ValueError(f"need 0 <= start_step <= num_steps (got {start_step}, {num_steps})")
     return DataLoader(batches, batch_size=None, sampler=range(start_step, num_steps),
-                      num_workers=num_workers, pin_memory=pin_memory)
+                      num_workers=num_workers, pin_memory=pin_memory, generator=torch.Generator())
 
 
 class _EvalChunks(Dataset):
