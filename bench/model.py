@@ -216,9 +216,15 @@ class NaViT(nn.Module):
         self.compiled_encode: Callable | None = None  # set by compile_encoder
 
     def embed_patches(self, patches: Tensor) -> Tensor:
-        # The Conv2d with kernel = stride = patch is a matmul on pre-cut patches: identical
-        # numbers, and dropped or padded tokens cost nothing to cut.
-        return F.linear(patches, self.patch_embed.weight.flatten(1), self.patch_embed.bias)
+        """Pixels in [0, 1] -> centred to [-1, 1] -> the bias-free Conv2d, as a matmul on pre-cut
+        patches (identical numbers; dropped or padded tokens cost nothing to cut).
+
+        Centring matters without a bias: uncentred pixels are all positive, so a patch's embedding
+        grows with its brightness along one shared direction, and the first LayerNorm divides the
+        magnitude away: a bright target patch and a dark background patch then look alike. In the
+        default experiment most seeds of most variants sat on the chance plateau for hundreds of
+        steps without it (docs/embeddings.md)."""
+        return F.linear(patches * 2 - 1, self.patch_embed.weight.flatten(1), self.patch_embed.bias)
 
     def pack(self, images: Sequence[Tensor], max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN) -> PackedBatch:
         return pack(images, self.patch_size, max_seq_len, channels=self.channels)

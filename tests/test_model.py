@@ -309,11 +309,11 @@ def test_rope_depends_only_on_relative_position(variant):
         torch.testing.assert_close(model(shifted), model(batch), atol=1e-4, rtol=0)
 
 
-def test_patch_embedding_is_the_conv2d_without_bias():
+def test_patch_embedding_is_the_conv2d_without_bias_on_centred_pixels():
     model = make_model("nope")
     assert model.patch_embed.bias is None
     image = images_for([(3, 5)])[0]
-    conv = model.patch_embed(image[None]).flatten(2)[0].T  # [tokens, dim], row-major over the grid
+    conv = model.patch_embed(2 * image[None] - 1).flatten(2)[0].T  # [tokens, dim], row-major over the grid
     batch = pack([image], PATCH)
     torch.testing.assert_close(model.embed_patches(batch.patches)[0], conv, atol=1e-5, rtol=0)
 
