@@ -21,7 +21,7 @@ from .config import check_seeds, load_experiment
 from .errors import BenchError
 from .plan import Plan, make_plan
 from .posembed import list_variants
-from .runner import Runner, write_report_for
+from .runner import INTERRUPTED, Runner, auto_workers, run_workers, write_report_for
 from .runtime import REPO, Interrupted, Ranks, StopRequest, init_distributed, launched_world_size, torch_device
 from .store import Store, WriteError
 
@@ -43,10 +43,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), help="override the config's device")
     parser.add_argument("--shard", help="I/N: run the I-th of N interleaved shares of the cells (0-based, "
                                         "as $SLURM_ARRAY_TASK_ID); every shard must get the same other flags")
+    parser.add_argument("--workers", type=_positive_int, help="cell workers, processes that each train one cell at a "
+                                                              "time (default: one per core on a CPU when the run "
+                                                              "is long enough to pay for their start, else 1)")
+    parser.add_argument("--threads", type=_positive_int, default=1,
+                        help="intra-op threads per cell (default: %(default)s). A cell's last digits depend on it, "
+                             "never on --workers")
     parser.add_argument("--report-only", action="store_true", help="rebuild metrics.csv and the report from "
                                                                    "finished cells, train nothing")
     parser.add_argument("--list", action="store_true", help="print the registered variants and exit")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
@@ -115,13 +127,28 @@ def _main(argv: list[str]) -> int:
 
     ranks = init_distributed(experiment.device)
     device = torch_device(experiment.device, ranks)
+    workers = args.workers or auto_workers(plan, cells, device, ranks)
+    if workers > 1 and (device.type != "cpu" or ranks.distributed):
+        raise BenchError("--workers: parallel cell workers are for a CPU run without torchrun; "
+                         "on a GPU or under torchrun use --workers 1")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     stop = StopRequest()
-    runner = Runner(plan, store, ranks, device, stop)
     stop.install()
     started = time.perf_counter()
     resume = " ".join(shlex.quote(part) for part in ["python", "run_all.py", *argv])
     try:
-        busy = runner.run(cells)
+        if workers > 1:
+            status = run_workers(plan, cells, store, workers, args.threads, stop)
+            if status == INTERRUPTED:
+                raise Interrupted("stopped while cells were running")
+            if status:   # the worker printed its error: a failed write (3), or a crash with its traceback
+                print(f"error: a cell worker stopped with exit status {status}; finished cells are kept. "
+                      f"Resume with: {resume}", file=sys.stderr)
+                return status
+            busy = [c.name for c in cells if store.read_cell(c.label, c.seed) is None]
+        else:
+            busy = Runner(plan, store, ranks, device, stop).run(cells)
         if ranks.is_main:
             stored = [store.read_cell(c.label, c.seed) for c in cells]
             if store.cells():

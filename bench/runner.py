@@ -3,15 +3,26 @@
 Every rank walks every cell; rank 0 alone decides whether a cell is to run (it holds the
 store's lock for it), evaluates it and writes its record. Training batches (per seed) and the
 eval batches are rendered once and kept for every variant while they fit in MEMO_LIMIT_BYTES.
+
+On a CPU, ``run_workers`` runs one such walker per core in processes of their own: each takes
+the next cell nobody holds, through the same per-cell locks that let shards share a folder, so
+cells spread over the workers without a scheduler. Every cell runs with the same intra-op thread
+count whatever the number of workers, so its numbers do not depend on how many ran beside it.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import json
+import multiprocessing
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -21,8 +32,8 @@ from .config import ResolutionConfig
 from .data import TrainBatches, build_source
 from .evaluate import EvalSet, evaluate
 from .plan import CellPlan, Plan
-from .runtime import Ranks, StopRequest, environment, progress
-from .store import CellRecord, EvalRow, Store
+from .runtime import Interrupted, Ranks, StopRequest, environment, progress
+from .store import CellRecord, EvalRow, Store, WriteError
 from .train import CellTrainer, build_cell_model, param_count
 
 # Training batches (per seed) and eval batches are kept in RAM for reuse by every variant while
@@ -52,7 +63,7 @@ class Runner:
     store: Store
     ranks: Ranks
     device: torch.device
-    stop: StopRequest
+    stop: Callable[[], bool]   # a StopRequest, or a worker's view of its parent's
     show_progress: bool = True
 
     def __post_init__(self):
@@ -123,7 +134,7 @@ class Runner:
             images_seen=state.images_seen, steps=state.step,
             final_train_loss=state.final_loss if state.failure is None else None,
             train_resolution=variant.train_resolution, device=str(self.device), world_size=self.ranks.world_size,
-            train_losses=state.losses, eval=rows, config=self.plan.hashed_config)
+            threads=torch.get_num_threads(), train_losses=state.losses, eval=rows, config=self.plan.hashed_config)
 
     def _train_batches(self, resolution: ResolutionConfig, seed: int):
         key = (_key(resolution), seed)
@@ -151,6 +162,95 @@ class Runner:
     def _barrier(self):
         if self.ranks.distributed:
             dist.barrier()
+
+
+# A worker costs a process start (imports, compiled kernels loaded, test scenes rendered: a few
+# seconds); below this many training tokens in all, one process finishes first.
+PARALLEL_MIN_TOKENS = 1_000_000
+# Exit statuses a worker reports, as the CLI's own: a failed write, an interruption.
+WRITE_FAILED, INTERRUPTED = 3, 130
+
+
+def usable_cores() -> int:
+    with contextlib.suppress(AttributeError):
+        return len(os.sched_getaffinity(0))   # what this process may use (taskset, Slurm, cgroups)
+    return os.cpu_count() or 1
+
+
+def auto_workers(plan: Plan, cells: list[CellPlan], device: torch.device, ranks: Ranks) -> int:
+    """One worker per core on a CPU when the run is long enough to pay for their start; else one."""
+    if device.type != "cpu" or ranks.distributed or len(cells) < 2:
+        return 1
+    train = plan.experiment.train
+    if train.steps * train.tokens_per_batch * len(cells) < PARALLEL_MIN_TOKENS:
+        return 1
+    return max(1, min(usable_cores(), len(cells)))
+
+
+def run_workers(plan: Plan, cells: list[CellPlan], store: Store, workers: int, threads: int, stop: StopRequest,
+                show_progress: bool = True) -> int:
+    """Run ``cells`` in ``workers`` processes of ``threads`` intra-op threads each (CPU only).
+
+    Returns 0, or the first worker's WRITE_FAILED / INTERRUPTED / other non-zero exit status. A
+    stop request here (Ctrl-C, SIGTERM) reaches the workers through a shared event: each then
+    checkpoints its cell and stops. A second Ctrl-C kills them at once, as it aborts a single
+    process (each cell then resumes from its last checkpoint).
+    """
+    context = multiprocessing.get_context("spawn")   # no fork: torch's thread pools do not survive it
+    stopping = context.Event()
+    processes = [context.Process(target=_work, args=(plan, cells, store.root, threads, stopping, os.getpid()),
+                                 name=f"cell-worker-{worker}") for worker in range(workers)]
+    # Workers never see Ctrl-C themselves (it comes through ``stopping``): they start with SIGINT
+    # ignored, inherited across spawn's exec, so a press while they import cannot kill them.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    done_before = sum(store.read_cell(c.label, c.seed) is not None for c in cells)
+    try:
+        with progress(total=len(cells), initial=done_before, desc="cells", unit="cell", position=0,
+                      disable=not show_progress) as bar:
+            while any(p.is_alive() for p in processes):
+                if stop():
+                    stopping.set()
+                for process in processes:
+                    process.join(timeout=0.2)
+                bar.update(sum(store.cell_path(c.label, c.seed).exists() for c in cells) - bar.n)
+    except KeyboardInterrupt:   # the second press
+        for process in processes:
+            process.kill()
+            process.join()
+        raise
+    codes = [p.exitcode for p in processes]
+    return next((c for c in codes if c in (WRITE_FAILED, INTERRUPTED)), next((c for c in codes if c), 0))
+
+
+def _work(plan: Plan, cells: list[CellPlan], root: Path, threads: int, stopping, parent: int) -> None:
+    """One worker process: walk the cells, running each one nobody else holds."""
+    _exit_with_parent(parent)
+    torch.set_num_threads(threads)
+    terminated = []   # SIGTERM from Slurm or a dying parent; SIGINT stays ignored
+    signal.signal(signal.SIGTERM, lambda *_: terminated.append(True))
+    runner = Runner(plan, Store(root), Ranks(), torch.device("cpu"), lambda: bool(terminated) or stopping.is_set(),
+                    show_progress=False)
+    try:
+        runner.run(cells)
+    except WriteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(WRITE_FAILED)
+    except Interrupted:
+        sys.exit(INTERRUPTED)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Linux: ask for SIGTERM when the parent dies (even by SIGKILL), so an orphaned worker
+    checkpoints its cell and stops instead of running on alone."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+        if os.getppid() != parent:   # the parent died before the request took effect
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _key(resolution: ResolutionConfig) -> str:

@@ -97,6 +97,9 @@ class CellRecord:
     train_losses: list[float]             # every step's
     eval: list[EvalRow]                   # one per eval size, in grid order; empty if failed
     config: dict                          # the hashed part of the config
+    # Intra-op threads it trained and evaluated with: float rounding, so the last digits, depend on
+    # it. None: written before the field.
+    threads: int | None = None
 
     @property
     def name(self) -> str:
@@ -118,7 +121,7 @@ class CellRecord:
         if not isinstance(raw, dict):
             raise StoreError(f"{path}: a result cell must be a JSON object")
         try:
-            raw = {**_derived_fields(raw), **raw}
+            raw = {"threads": None, **_derived_fields(raw), **raw}
             missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
             if missing:
                 raise StoreError(f"{path}: result cell lacks {', '.join(missing)}")

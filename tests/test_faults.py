@@ -162,3 +162,24 @@ def test_a_failed_write_keeps_the_previous_state_and_names_the_path(reference, t
     assert not list(out.rglob("*.tmp")), "the failed write left no temporary file"
     monkeypatch.undo()  # space is freed
     assert_completes_like(finished, config, out)
+
+
+def test_parallel_workers_give_the_serial_numbers_through_ctrl_c_and_resume(reference, run_all, tmp_path):
+    """Two cell workers share the cells through the store's locks: the same metrics.csv as the
+    serial reference, also when Ctrl-C stops them mid-cell and a rerun resumes their checkpoints."""
+    config, finished = reference
+    out = tmp_path / "out"
+    process = subprocess.Popen([*run_all, "--config", str(config), "--out", str(out), "--workers", "2"], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert wait_for(lambda: len(list((out / "checkpoints").glob("*.pt"))) == 2, process), "two cells in flight"
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert "Resume with:" in stderr.splitlines()[-1]
+    assert_sound(out)
+    assert 0 < len(list((out / "checkpoints").glob("*.pt"))) and len(Store(out).cells()) < 4
+    done = subprocess.run([*run_all, "--config", str(config), "--out", str(out), "--workers", "2"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (out / "metrics.csv").read_text() == (finished / "metrics.csv").read_text()
+    assert {cell.threads for cell in Store(out).cells().values()} == {1}
