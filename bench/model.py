@@ -239,7 +239,7 @@ class NaViT(nn.Module):
         x, ids, rope = self.embed(batch)
         bias = self.relative_bias(batch, ids)
         encode = self.compiled_encode or self.encode
-        parts = [encode(x[rows], self.build_mask(ids[rows], bias, rows),
+        parts = [encode(x[rows], self.mask(batch, ids, bias, rows),
                         None if rope is None else tuple(r[:, rows] for r in rope))
                  for rows in self.row_chunks(ids, bias)]
         x = self.norm(parts[0] if len(parts) == 1 else torch.cat(parts))
@@ -261,31 +261,30 @@ class NaViT(nn.Module):
             slots, states = ids[:, batch.row_len:], x[:, batch.row_len:]
             real = slots != PAD
             return x.new_zeros(batch.num_images, x.shape[-1]).index_copy(0, slots[real], states[real])
-        valid = ids != PAD
+        valid, real_ids = batch.valid, batch.derive("real_ids", lambda: ids[batch.valid])
         if self.pool is None:
-            return masked_mean(x[valid], ids[valid], batch.num_images)
-        return self.pool(x[valid], ids[valid], batch.num_images)
+            return masked_mean(x[valid], real_ids, batch.num_images)
+        return self.pool(x[valid], real_ids, batch.num_images)
 
     def embed(self, batch: PackedBatch) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         """The encoder's inputs: tokens [R, L', dim], their image ids [R, L'] and the rotary
         (cos, sin) or None. L' is the batch's row length L, plus, with pool="cls", one CLS slot per
         image of the row (as many as the fullest row has images; PAD fills the rest). A CLS token
         gets no additive embedding and angle 0 (no rotation), as RoPE-ViT leaves its class token."""
-        ids = batch.image_ids
-        positioned = ids != PAD
-        coords, grids = batch.coords[positioned], batch.token_grids()[positioned]
+        ids, positioned = batch.image_ids, batch.valid
+        coords = batch.derive("real_coords", lambda: batch.coords[positioned])
+        grids = batch.derive("real_grids", lambda: batch.token_grids()[positioned])
         x = self.embed_patches(batch.patches.to(self.head.weight.dtype))
         # Training-time augmentation is drawn per image; each token gets its own image's draw.
         draws = self.pos.draw(batch.num_images) if self.training else None
-        per_token = {} if draws is None else {"draws": draws.to(x.device)[ids[positioned]]}
+        real_ids = batch.derive("real_ids", lambda: ids[positioned])
+        per_token = {} if draws is None else {"draws": draws.to(x.device)[real_ids]}
         extra = self.pos.additive(coords, grids, **per_token)
         if extra is not None:
             x = x.masked_scatter(positioned[..., None], (x[positioned] + extra).to(x.dtype))
         if self.cls_token is not None:
-            slots = cls_slots(ids, batch.num_images)
+            slots, ids, positioned = batch.derive("cls", lambda: _with_cls_slots(batch))
             x = torch.cat([x, torch.where((slots != PAD)[..., None], self.cls_token.to(x.dtype), 0)], 1)
-            ids = torch.cat([ids, slots], 1)
-            positioned = torch.cat([positioned, torch.zeros_like(slots, dtype=torch.bool)], 1)
         return x, ids, self._rope(positioned, coords, grids, per_token)
 
     def relative_bias(self, batch: PackedBatch, ids: Tensor) -> RelativeBias | None:
@@ -299,6 +298,13 @@ class NaViT(nn.Module):
         grids = torch.cat([batch.token_grids(), batch.coords.new_ones(batch.num_rows, extra, 2)], 1)
         positioned = torch.cat([batch.valid, ids.new_zeros(batch.num_rows, extra, dtype=torch.bool)], 1)
         return RelativeBias.of(self.pos.bias(coords, grids), ids, positioned)
+
+    def mask(self, batch: PackedBatch, ids: Tensor, bias: RelativeBias | None, rows: slice):
+        """``build_mask`` of these rows, kept with the batch when it depends on the ids alone."""
+        if bias is not None:   # learned values: built anew every step
+            return self.build_mask(ids[rows], bias, rows)
+        return batch.derive(("mask", self.attention, ids.shape[1], rows.start, rows.stop),
+                            lambda: self.build_mask(ids[rows]))
 
     def build_mask(self, image_ids: Tensor, bias: RelativeBias | None = None, rows: slice = slice(None)):
         """The attention mask of these image ids (those of the batch's ``rows``), built once and shared
@@ -336,6 +342,13 @@ class NaViT(nn.Module):
         full[:, positioned] = angles
         full = full.permute(0, 1, 3, 2, 4)
         return full.cos(), full.sin()
+
+
+def _with_cls_slots(batch: PackedBatch) -> tuple[Tensor, Tensor, Tensor]:
+    """(the CLS slots [R, K], the ids [R, L + K] and the positioned mask [R, L + K]) of a batch."""
+    slots = cls_slots(batch.image_ids, batch.num_images)
+    positioned = torch.cat([batch.valid, torch.zeros_like(slots, dtype=torch.bool)], 1)
+    return slots, torch.cat([batch.image_ids, slots], 1), positioned
 
 
 def cls_slots(image_ids: Tensor, num_images: int) -> Tensor:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 from array import array
-from dataclasses import dataclass, fields
-from typing import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from numba import njit
 from torch import Tensor
 
 PAD = -1
+T = TypeVar("T")
 DEFAULT_MAX_SEQ_LEN = 256
 
 
@@ -28,6 +29,16 @@ class PackedBatch:
     coords: Tensor     # [R, L, 2] long: (row, col) of the token in its image's patch grid
     grids: Tensor      # [N, 2] long: (h, w) patch grid of each image
     num_dropped: int = 0  # tokens removed by token dropping (always 0 for evaluation)
+    # Masks and index tensors derived from the batch alone, built once (``derive``): a training
+    # batch serves every variant of its seed, an eval batch every cell, so none is rebuilt per step.
+    derived: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def derive(self, key, make: Callable[[], T]) -> T:
+        """``make()``, computed on the first call for ``key`` and kept with the batch. Only for values
+        of the batch alone (never of a model's parameters), and never modified in place."""
+        if key not in self.derived:
+            self.derived[key] = make()
+        return self.derived[key]
 
     @property
     def num_images(self) -> int:
@@ -43,7 +54,7 @@ class PackedBatch:
 
     @property
     def valid(self) -> Tensor:
-        return self.image_ids != PAD
+        return self.derive("valid", lambda: self.image_ids != PAD)
 
     @property
     def num_tokens(self) -> int:
@@ -56,25 +67,37 @@ class PackedBatch:
 
     @property
     def needs_mask(self) -> bool:
-        return needs_mask(self.image_ids)
+        return self.derive("needs_mask", lambda: needs_mask(self.image_ids))
 
     def token_grids(self) -> Tensor:
         """[R, L, 2] grid (h, w) of each token's image; (1, 1) at padding."""
-        grids = torch.cat([self.grids, self.grids.new_ones(1, 2)])  # index PAD = -1 -> (1, 1)
-        return grids[self.image_ids]
+        def make():
+            grids = torch.cat([self.grids, self.grids.new_ones(1, 2)])  # index PAD = -1 -> (1, 1)
+            return grids[self.image_ids]
+        return self.derive("token_grids", make)
 
     def to(self, device, non_blocking: bool = False) -> "PackedBatch":
+        """This batch on ``device``; itself (with what it derived) when it is there already."""
+        device = torch.device(device)
+        if all(_on(getattr(self, f.name), device) for f in fields(self) if f.init):
+            return self
         return PackedBatch(**{f.name: _move(getattr(self, f.name), device, non_blocking)
-                              for f in fields(self)})
+                              for f in fields(self) if f.init})
 
     def pin_memory(self) -> "PackedBatch":
         return PackedBatch(**{f.name: v.pin_memory() if isinstance(v, Tensor) else v
-                              for f in fields(self) for v in [getattr(self, f.name)]})
+                              for f in fields(self) if f.init for v in [getattr(self, f.name)]})
 
 
 def needs_mask(image_ids: Tensor) -> bool:
     """False when every row is exactly one whole image: dense attention is then exact."""
     return bool((image_ids != image_ids[:, :1]).any() or (image_ids == PAD).any())
+
+
+def _on(value, device: torch.device) -> bool:
+    if not isinstance(value, Tensor):
+        return True
+    return value.device.type == device.type and (device.index is None or value.device.index == device.index)
 
 
 def _move(value, device, non_blocking):
