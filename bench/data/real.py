@@ -14,10 +14,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torchvision
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms.v2 import functional as TF
 
 from ..errors import DataError
 from .source import ImageSource
@@ -25,12 +23,20 @@ from .source import ImageSource
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+def _transforms():
+    """torchvision's functional transforms, imported on first use: torchvision takes about two
+    seconds to import (it loads torch's compiler stack), which every run on synthetic data, and
+    every cell worker, would pay for nothing."""
+    from torchvision.transforms.v2 import functional
+    return functional
+
+
 def _resize(images: Tensor, size: tuple[int, int]) -> Tensor:
     """uint8 [..., C, h, w] -> float32 [..., C, H, W] in [0, 1]."""
     images = images.float() / 255
     if tuple(images.shape[-2:]) == tuple(size):
         return images
-    return TF.resize(images, list(size), antialias=True)
+    return _transforms().resize(images, list(size), antialias=True)
 
 
 def _existing_dir(path: str, key: str) -> Path:
@@ -126,18 +132,18 @@ class ImageFolderSource(ImageSource):
         path = self.paths[index]
         try:
             with Image.open(path) as image:
-                pixels = TF.pil_to_tensor(image.convert("RGB"))
+                pixels = _transforms().pil_to_tensor(image.convert("RGB"))
         except OSError as error:   # passed verify() but its pixel data is broken
             raise DataError(f"{path}: cannot decode image ({error})") from error
         return _resize(pixels, size), self.labels[index]
 
 
 _CIFAR = {
-    # name: (folder, train files, test files, meta file, class-name key, label key, torchvision class)
+    # name: (folder, train files, test files, meta file, class-name key, label key, torchvision dataset)
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                "batches.meta", "label_names", "labels", torchvision.datasets.CIFAR10),
+                "batches.meta", "label_names", "labels", "CIFAR10"),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_label_names", "fine_labels",
-                 torchvision.datasets.CIFAR100),
+                 "CIFAR100"),
 }
 
 
@@ -153,8 +159,9 @@ class CifarSource(ImageSource):
     def __init__(self, name: str, root: str, split: str, download: bool = False):
         base, train_files, test_files, meta_file, names_key, labels_key, fetcher = _CIFAR[name]
         if download:
+            import torchvision   # imported only to download (see _transforms)
             try:
-                fetcher(root, train=split == "train", download=True)
+                getattr(torchvision.datasets, fetcher)(root, train=split == "train", download=True)
             except (OSError, RuntimeError) as error:
                 raise DataError(f"data.download: fetching {name} into {root} failed: {error}") from error
         folder = _existing_dir(root, "data.root") / base
