@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import POOLS   # mean | map | cls: the config schema names them once
-from .packing import DEFAULT_MAX_SEQ_LEN, PAD, PackedBatch, needs_mask, pack
+from .packing import DEFAULT_MAX_SEQ_LEN, PAD, PackedBatch, needs_mask, pack, pad_to_buckets
 from .posembed import PairBias, build_posembed, pair_column
 
 # A float mask's score between two images: finite, never -inf, so no row can turn NaN (and every
@@ -236,6 +236,8 @@ class NaViT(nn.Module):
             raise ValueError("token dropping is for training only: this batch dropped "
                              f"{batch.num_dropped} tokens but the model is in eval mode")
         batch = batch.to(self.head.weight.device)
+        if self.compiled_encode is not None:   # a few shapes for the compiled blocks, not one per batch
+            batch = batch.derive("bucketed", lambda: pad_to_buckets(batch))
         x, ids, rope = self.embed(batch)
         bias = self.relative_bias(batch, ids)
         encode = self.compiled_encode or self.encode
@@ -325,10 +327,10 @@ class NaViT(nn.Module):
         return x
 
     def compile_encoder(self, **options) -> None:
-        """torch.compile the blocks only. Their shapes are (rows, row length), which
-        packing.pad_to_buckets keeps to a few (CLS slots add the most images of a row to the
-        length); embedding and pooling stay eager because their shapes follow the number of real
-        tokens and images, which changes every batch."""
+        """torch.compile the blocks only. Their shapes are (rows, row length), which forward keeps
+        to a few by padding each batch with packing.pad_to_buckets (CLS slots add the most images
+        of a row to the length); embedding and pooling stay eager because their shapes follow the
+        number of real tokens and images, which changes every batch."""
         self.compiled_encode = torch.compile(self.encode, **options)
 
     def _rope(self, positioned: Tensor, coords: Tensor, grids: Tensor, per_token: dict):

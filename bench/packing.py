@@ -77,12 +77,14 @@ class PackedBatch:
         return self.derive("token_grids", make)
 
     def to(self, device, non_blocking: bool = False) -> "PackedBatch":
-        """This batch on ``device``; itself (with what it derived) when it is there already."""
+        """This batch on ``device``: itself when it is there already, else a copy made once and kept
+        (a kept training batch then crosses to the GPU once, not once per variant), each with what
+        it derived."""
         device = torch.device(device)
         if all(_on(getattr(self, f.name), device) for f in fields(self) if f.init):
             return self
-        return PackedBatch(**{f.name: _move(getattr(self, f.name), device, non_blocking)
-                              for f in fields(self) if f.init})
+        return self.derive(("on", str(device)), lambda: PackedBatch(
+            **{f.name: _move(getattr(self, f.name), device, non_blocking) for f in fields(self) if f.init}))
 
     def pin_memory(self) -> "PackedBatch":
         return PackedBatch(**{f.name: v.pin_memory() if isinstance(v, Tensor) else v
@@ -260,11 +262,12 @@ class Layout:
     grids: np.ndarray       # [N, 2]: (h, w) patch grid of each image
     num_dropped: int
 
-    def new_patches(self, dim: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    def new_patches(self, dim: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
         """[R * L, dim], zeros at padding; each real token's values are the caller's to write."""
-        if dtype == torch.float32:   # numpy's zeros is calloc: no fill pass, no thread pool wake-up
+        device = torch.device("cpu") if device is None else device
+        if dtype == torch.float32 and device.type == "cpu":   # numpy's zeros is calloc: no fill pass
             return torch.from_numpy(np.zeros((self.num_rows * self.row_len, dim), np.float32))
-        patches = torch.empty(self.num_rows * self.row_len, dim, dtype=dtype)
+        patches = torch.empty(self.num_rows * self.row_len, dim, dtype=dtype, device=device)
         for r, fill in enumerate(self.fills):   # only the rows' tails
             patches[r * self.row_len + fill:(r + 1) * self.row_len] = 0
         return patches
@@ -276,8 +279,10 @@ class Layout:
         coords = np.zeros((rows, length, 2), np.int64)
         image_ids.reshape(-1)[self.slot] = self.image
         coords.reshape(-1, 2)[self.slot] = np.stack((self.y, self.x), 1)
-        return PackedBatch(patches.view(rows, length, -1), torch.from_numpy(image_ids), torch.from_numpy(coords),
-                           torch.from_numpy(self.grids), self.num_dropped)
+        device = patches.device
+        return PackedBatch(patches.view(rows, length, -1), torch.from_numpy(image_ids).to(device),
+                           torch.from_numpy(coords).to(device), torch.from_numpy(self.grids).to(device),
+                           self.num_dropped)
 
 
 def layout(grids: Sequence[tuple[int, int]], max_seq_len: int | None = DEFAULT_MAX_SEQ_LEN, *,
@@ -332,7 +337,7 @@ def pack(images: Sequence[Tensor], patch_size: int, max_seq_len: int | None = DE
          *, one_per_row: bool = False, drop_rates: Tensor | None = None,
          generator: torch.Generator | None = None, channels: int | None = None) -> PackedBatch:
     """Patchify a list of (C, H, W) images, optionally drop tokens (see ``layout``), and pack
-    them into rows."""
+    them into rows, built on the images' device."""
     validate_images(images, patch_size, channels)
     p, c = patch_size, images[0].shape[0]
     shapes = [img.shape for img in images]
@@ -341,7 +346,8 @@ def pack(images: Sequence[Tensor], patch_size: int, max_seq_len: int | None = DE
                          "all must have the same")
     grids = [(H // p, W // p) for _, H, W in shapes]
     plan = layout(grids, max_seq_len, one_per_row=one_per_row, drop_rates=drop_rates, generator=generator)
-    patches = plan.new_patches(c * p * p, images[0].dtype)
+    device = images[0].device
+    patches = plan.new_patches(c * p * p, images[0].dtype, device)
 
     # Each gathered image's first value in the gathered buffer, in runs of p values (-1: copied).
     starts, gathered, copied, start = [], [], [], 0
@@ -354,16 +360,17 @@ def pack(images: Sequence[Tensor], patch_size: int, max_seq_len: int | None = DE
             starts.append(start)
             start += c * h * w * p
     if gathered:
-        image, y, x, slot, grid = map(torch.from_numpy, (plan.image, plan.y, plan.x, plan.slot, plan.grids))
-        per_image = torch.cat([_longs(starts).view(-1, 1), grid.prod(1, keepdim=True), grid[:, 1:]], 1)
+        image, y, x, slot, grid = (torch.from_numpy(v).to(device) for v in (plan.image, plan.y, plan.x, plan.slot,
+                                                                          plan.grids))
+        per_image = torch.cat([_longs(starts).to(device).view(-1, 1), grid.prod(1, keepdim=True), grid[:, 1:]], 1)
         start, n, w = per_image.index_select(0, image).unbind(1)
         if copied:
             picked = start >= 0
             start, y, x, w, n, slot = (v[picked] for v in (start, y, x, w, n, slot))
         # Value (channel ch, pixel row y*p + py, pixel column x*p + px) of an image of n tokens
         # and grid width w lies in run start + (y*p*w + x) + ch*(n*p) + py*w of the buffer, at px.
-        runs = torch.stack((torch.addcmul(start + x, y, w, value=p), n * p, w), 1) @ _run_steps(c, p)
-        flat = torch.cat(gathered).view(-1, p).cpu()   # rows are built on the CPU, wherever the images are
+        runs = torch.stack((torch.addcmul(start + x, y, w, value=p), n * p, w), 1) @ _run_steps(c, p).to(device)
+        flat = torch.cat(gathered).view(-1, p)
         patches.index_copy_(0, slot, flat.index_select(0, runs.view(-1)).view(len(slot), -1))
     for i in copied:  # straight from the image, in patchify's order
         (h, w), img, at = grids[i], images[i], plan.first_slot[i]

@@ -112,6 +112,8 @@ class Runner:
         model = build_cell_model(experiment.model, spec, self.train_source.num_classes, self.train_source.channels,
                                  seed)
         model.to(self.device)
+        if self.device.type == "cuda":   # bucketed shapes (NaViT.forward) keep recompiles few; CPU stays eager
+            model.compile_encoder()
         trainer = CellTrainer(experiment.train, self.device, self.ranks,
                               save=lambda state: self.store.save_checkpoint(spec.label, seed, state),
                               load=lambda: self.store.load_checkpoint(spec.label, seed),
