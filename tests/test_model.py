@@ -1,4 +1,9 @@
-"""Invariance tests of the packed model, for every registered variant and every pooling."""
+"""Invariance tests of the packed model, for every registered variant and every pooling.
+
+CI runs them on the CPU; scripts/gpu_check.sh runs them on CUDA with each attention kernel, through
+NAVIT_TEST_DEVICE (cpu | cuda) and NAVIT_TEST_ATTENTION (sdpa | flex; flex has no CPU backward)."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -23,10 +28,15 @@ CONFIGS = [(v, {}) for v in ALL_VARIANTS] + [(v, {"combine": c}) for v in COMBIN
 ODD_GRIDS = [(1, 1), (1, 7), (3, 17), (16, 5)]
 
 
+DEVICE = torch.device(os.environ.get("NAVIT_TEST_DEVICE", "cpu"))
+ATTENTION = os.environ.get("NAVIT_TEST_ATTENTION", "sdpa")
+
+
 def make_model(variant, pool="mean", seed=0, **options):
     torch.manual_seed(seed)
+    options.setdefault("attention", ATTENTION)
     return bench.build_model(variant, num_classes=5, patch_size=PATCH, dim=32, depth=2, heads=2,
-                             pool=pool, **options).eval()
+                             pool=pool, **options).to(DEVICE).eval()
 
 
 def images_for(grids, seed=1):
@@ -230,7 +240,7 @@ def test_cls_token_gets_no_additive_embedding_rotation_or_bias(variant):
 @pytest.mark.parametrize("pool", POOLS)
 def test_flex_attention_matches_sdpa_for_every_pool(variant, pool):
     """A relative bias: SDPA's float mask on CPU, FlexAttention's score_mod on the document mask on CUDA."""
-    flex, sdpa = make_model(variant, pool, attention="flex"), make_model(variant, pool)
+    flex, sdpa = make_model(variant, pool, attention="flex"), make_model(variant, pool, attention="sdpa")
     with torch.no_grad():
         torch.testing.assert_close(flex(MIXED, max_seq_len=64), sdpa(MIXED, max_seq_len=64), atol=1e-5, rtol=0)
         one_per_row = pack(MIXED[:2], PATCH, None)   # no document mask: the score_mod alone
