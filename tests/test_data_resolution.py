@@ -28,7 +28,6 @@ P = 8
     (lambda: DataConfig(test_fraction=1.0), "test_fraction"),
     (lambda: DropConfig(kind="constant", rate=1.0), "rate"),
     (lambda: DropConfig(kind="beta", alpha=0.0), "alpha"),
-    (lambda: EvalGridConfig(sizes=[[64, 64]], sides=[64]), "sizes"),
     (lambda: EvalGridConfig(aspects=[1.0]), "aspects"),
     (lambda: EvalGridConfig(sizes=[[64, 64], [32]]), "sizes[1]"),
     (lambda: EvalGridConfig(sides=[64, -8]), "sides[1]"),
@@ -144,6 +143,12 @@ def test_eval_sizes_from_explicit_sizes():
     with pytest.raises(ConfigError) as info:
         eval_sizes(EvalGridConfig(sizes=[[0, 64]]), P)
     assert info.value.key == "grid.sizes[0]"
+
+
+def test_explicit_sizes_follow_the_sides_by_aspects_product_without_repeats():
+    # Every aspect at the small sides, only the square where an image costs the most.
+    grid = EvalGridConfig(sides=[64], aspects=[1.0, 2.0], sizes=[[128, 128], [64, 64]])
+    assert eval_sizes(grid, P) == [(64, 64), (48, 88), (128, 128)]
 
 
 def test_eval_sizes_from_sides_and_aspects():

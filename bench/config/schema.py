@@ -93,19 +93,18 @@ class DropConfig:
 
 @dataclass
 class EvalGridConfig:
-    """YAML section ``eval.grid``: explicit sizes, or sides x aspects.
+    """YAML section ``eval.grid``: sides x aspects, explicit sizes, or both (sides x aspects first).
 
     aspect = W / H and side = sqrt(H * W): H = side / sqrt(aspect), W = side * sqrt(aspect), each
-    rounded to the nearest multiple of the patch size. With neither sizes nor sides, the grid is
-    bench.data.resolution.DEFAULT_SIDES x (1.0,).
+    rounded to the nearest multiple of the patch size. Explicit sizes add what a product cannot,
+    e.g. only the square at the largest sides, where an image costs the most. With neither sizes
+    nor sides, the grid is bench.data.resolution.DEFAULT_SIDES x (1.0,).
     """
     sizes: list[list[int]] | None = None    # [[H, W], ...]
     sides: list[int] | None = None
     aspects: list[float] | None = None      # default [1.0] when sides are given
 
     def __post_init__(self):
-        if self.sizes is not None and self.sides is not None:
-            raise ConfigError("sizes", "give either sizes or sides (x aspects), not both")
         if self.aspects is not None and self.sides is None:
             raise ConfigError("aspects", "aspects need sides")
         for i, size in enumerate(self.sizes or []):

@@ -130,14 +130,13 @@ def train_sizes(cfg: ResolutionConfig, natives: np.ndarray, patch_size: int, rng
 def eval_sizes(grid: EvalGridConfig, patch_size: int) -> list[tuple[int, int]]:
     """Every (H, W) of the grid, in order, without repeats; keys are relative to the eval section."""
     p = patch_size
-    if grid.sizes is not None:
-        sizes = []
-        for i, (height, width) in enumerate(grid.sizes):
-            check_patch_multiple(f"grid.sizes[{i}]", height, width, patch_size=p)
-            sizes.append((height, width))
-    else:
+    sizes = []
+    if grid.sides is not None or grid.sizes is None:
         sides = grid.sides or [round_to_patch(side, p) for side in DEFAULT_SIDES]
         for i, side in enumerate(sides):
             check_patch_multiple(f"grid.sides[{i}]", side, patch_size=p)
         sizes = [aspect_size(side, aspect, p) for side in sides for aspect in grid.aspects or [1.0]]
+    for i, (height, width) in enumerate(grid.sizes or []):
+        check_patch_multiple(f"grid.sizes[{i}]", height, width, patch_size=p)
+        sizes.append((height, width))
     return list(dict.fromkeys(sizes))
