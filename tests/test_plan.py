@@ -258,8 +258,11 @@ def test_shipped_experiments_plan_and_cover_the_issue():
     default = make_plan(load_experiment(EXPERIMENTS / "default.yaml"))
     assert {v.spec.name for v in default.variants} == all_variants
     assert len(default.experiment.seeds) == 3
-    combines = {v.spec.options["combine"] for v in default.variants if v.spec.name == "factorized_abs_learned"}
-    assert combines == {"sum", "stack", "product"}
+    assert {v.spec.options.get("combine", "sum") for v in default.variants} == {"sum"}   # one entry each
+    combine_modes = make_plan(load_experiment(EXPERIMENTS / "combine_modes.yaml"))
+    for name in ("factorized_abs_learned", "factorized_abs_sincos"):
+        modes = {v.spec.options["combine"] for v in combine_modes.variants if v.spec.name == name}
+        assert modes == {"sum", "stack", "product"}, name
     resolution = default.experiment.train.resolution
     sides = [round((h * w) ** 0.5) for h, w in default.sizes]
     assert min(sides) <= resolution.min_side / 2 and max(sides) >= 4 * resolution.max_side
