@@ -28,10 +28,10 @@ SMOKE_NOTE = Note("Smoke run: do not cite.",
 
 def write_report(out_dir: Path, config: dict | None = None, environment: dict | None = None) -> str:
     """Read DIR/cells and DIR/metrics.csv; write the tables (CSV, Markdown, LaTeX), figures/,
-    report.md and report.html. ``config`` and ``environment`` are the runner's: the config is
-    recorded in DIR/config.json (``Store.write_config``). Without them the report uses the
-    folder's config (the cells' part and config.json's, ``Store.config``), and what the cells and
-    DIR/run.json record.
+    report.md and report.html. ``config``: the run's, recorded in DIR/config.json
+    (``Store.write_config``); without it the report uses the folder's config (the cells' part and
+    config.json's, ``Store.config``). ``environment``: the machine's; without it DIR/run.json's
+    (the runner writes it before the report), else what the cells record.
 
     Returns the headline finding (``findings.headline``), one line for the end of a run's log.
     Raises BenchError (one line naming the path) when the store is missing or malformed.

@@ -1,10 +1,10 @@
 """Where a report's numbers come from: commit, date, command and time of the run.
 
 The runner records a run in DIR/run.json ({"command", "started", "finished", "wall_time_s",
-"git_commit", "environment"}); without it, the cells tell what they can (their training and evaluation times,
-their files' dates, the device). No path outside the repository is ever shown: a results
-folder or a command argument inside it is shown relative to it, one outside by its name only,
-so a report never points at a temporary folder of the machine it was made on.
+"git_commit", "environment"}); without it, the cells tell what they can (their training and
+evaluation times, their files' dates, the device). No path outside the repository is ever shown:
+a results folder or a command argument inside it is shown relative to it, one outside by its
+name only, so a report never points at a temporary folder of the machine it was made on.
 """
 from __future__ import annotations
 
