@@ -143,6 +143,7 @@ def _main(argv: list[str]) -> int:
     runner = Runner(plan, store, ranks, device, stop)
     stop.install()
     command = command_line(argv)
+    todo = {c.name for c in cells if store.read_cell(c.label, c.seed) is None}
     headline = None
     try:
         busy = runner.run(cells)
@@ -150,11 +151,13 @@ def _main(argv: list[str]) -> int:
         finished, wall = datetime.now(timezone.utc), time.perf_counter() - clock
         if ranks.is_main:
             stored = [store.read_cell(c.label, c.seed) for c in cells]
-            if store.cells():
-                # Before the report, which shows it: where its numbers come from.
+            if any(cell is not None and c.name in todo for c, cell in zip(cells, stored)):
+                # Before the report, which shows it. A re-run that found nothing left to do
+                # keeps the record of the run that made the numbers.
                 store.write_run({"command": command, "started": started.isoformat(timespec="seconds"),
                                  "finished": finished.isoformat(timespec="seconds"), "wall_time_s": round(wall, 1),
                                  "git_commit": git_commit(), "environment": environment(device, ranks)})
+            if store.cells():
                 headline = write_report_for(store, plan.config)
     except WriteError as error:   # disk full or an I/O error: what was finished stays valid
         print(f"error: {error}; finished cells are kept. Resume with: {command}", file=sys.stderr)

@@ -101,10 +101,11 @@ def test_run_writes_the_results_store(finished):
 
 def test_rerun_skips_finished_cells(finished, monkeypatch):
     config, out = finished
-    before = snapshot(out / "cells")
+    before, run = snapshot(out / "cells"), (out / "run.json").read_bytes()
     monkeypatch.setattr(CellTrainer, "run", lambda *a: pytest.fail("a finished cell was trained again"))
     assert main(["--config", str(config), "--out", str(out)]) == 0
     assert snapshot(out / "cells") == before
+    assert (out / "run.json").read_bytes() == run, "run.json keeps the run that made the numbers"
 
 
 # Draws its coordinate augmentation from the global RNG in training: a resume must draw the same.
