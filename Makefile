@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= experiments/default.yaml
+OUT ?= results/default
 
 .PHONY: run quick test bench samples report clean
 
@@ -21,6 +22,11 @@ quick: $(VENV)/installed
 # 2-core machine competing 2-thread ops stall each other by several times.
 test: $(VENV)/installed
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+# The report of OUT rebuilt from its cells alone (metrics.csv too), e.g. make report OUT=results/quick.
+report: $(VENV)/installed
+	$(if $(wildcard $(OUT)/cells),,$(error OUT=$(OUT) is not a results folder (it has no cells/); give OUT=<folder of a run>))
+	$(PY) run_all.py --report-only --out $(OUT)
 
 bench: $(VENV)/installed
 	$(PY) -m bench.perf

@@ -1,18 +1,16 @@
-"""The runner's command line: parse the arguments, plan, run, and map the outcome to an exit status.
-
-Exit status: 0 every selected cell is ok; 1 some cell failed (its loss went NaN or inf; the
-others still ran); 2 a user mistake, reported as one line on stderr before anything is written;
-3 a write failed mid-run (finished cells are kept); 130 stopped by Ctrl-C (or SIGTERM) with the
-running cell checkpointed.
+"""The runner's command line: parse the arguments, plan, run, and map the outcome to an exit status
+(EPILOG lists the statuses; ``--help`` prints it).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import sys
 import time
 import warnings
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -20,12 +18,37 @@ import torch
 from .config import check_seeds, load_experiment
 from .errors import BenchError
 from .plan import Plan, make_plan
-from .posembed import list_variants
+from .posembed import list_variants, variant_info
 from .runner import INTERRUPTED, Runner, auto_workers, run_workers, write_report_for
-from .runtime import REPO, Interrupted, Ranks, StopRequest, init_distributed, launched_world_size, torch_device
+from .runtime import (REPO, Interrupted, StopRequest, environment, git_commit, init_distributed,
+                      launched_world_size, torch_device)
 from .store import Store, WriteError
 
 DEFAULT_CONFIG = REPO / "experiments" / "default.yaml"
+EPILOG = """\
+examples:
+  python run_all.py --config experiments/quick.yaml       the smoke run -> results/quick/
+  python run_all.py                                       the default experiment -> results/default/
+  python run_all.py --variants nope,rope_axial --seeds 0,1
+                                                          some of its cells (labels: --list --config X)
+  python run_all.py --out /shared/dir --shard $SLURM_ARRAY_TASK_ID/8
+                                                          one task of a Slurm job array (#SBATCH --array=0-7)
+  python run_all.py --report-only --out results/quick     rebuild metrics.csv and the report from the folder
+  torchrun --nproc_per_node 2 run_all.py --config X       train each cell with DDP on 2 processes
+
+exit status:
+  0    every selected cell is ok
+  1    some cell failed (NaN or inf loss): recorded with its reason; the other cells still ran
+  2    a user mistake: one line on stderr, nothing written
+  3    a write failed mid-run (disk full, I/O error): finished cells are kept; the message says how to resume
+  130  interrupted (Ctrl-C or SIGTERM): progress is saved; the message says how to resume
+
+Progress goes to stderr: bars on a terminal, one line per finished cell otherwise (a log file, a
+Slurm job). docs/runner.md describes the config keys and the results folder, docs/report.md the report.
+"""
+# Flags that choose or run cells: a report covers every finished cell, so with --report-only they
+# would be silently ignored.
+RUN_FLAGS = ("variants", "seeds", "shard", "device")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -35,8 +58,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="run_all.py", description="Train and evaluate every (variant, seed) cell of an "
-                                                    "experiment into a resumable results directory.")
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="experiment YAML (default: %(default)s)")
+                                                    "experiment into a resumable results directory.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help=f"experiment YAML (default: {DEFAULT_CONFIG.relative_to(REPO)}; "
+                                         f"with --report-only the folder's own experiment)")
     parser.add_argument("--out", help="results directory (default: results/<experiment name>)")
     parser.add_argument("--variants", help="comma-separated variant labels to run (default: all in the config)")
     parser.add_argument("--seeds", help="comma-separated seeds, replacing the config's")
@@ -49,9 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=_positive_int, default=1,
                         help="intra-op threads per cell (default: %(default)s). A cell's last digits depend on it, "
                              "never on --workers")
-    parser.add_argument("--report-only", action="store_true", help="rebuild metrics.csv and the report from "
-                                                                   "finished cells, train nothing")
-    parser.add_argument("--list", action="store_true", help="print the registered variants and exit")
+    parser.add_argument("--report-only", action="store_true", help="rebuild metrics.csv and the report of --out "
+                                                                   "from its finished cells, train nothing")
+    parser.add_argument("--list", action="store_true", help="print the registered variants (family, what each "
+                                                            "does, paper) and, with --config, the experiment's "
+                                                            "variant labels; then exit")
     return parser
 
 
@@ -104,11 +131,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    started, clock = datetime.now(timezone.utc), time.perf_counter()
     args = build_parser().parse_args(argv)
     if args.list:
-        print("\n".join(list_variants()))
+        print(_listing(args.config))
         return 0
-    experiment = load_experiment(args.config)
+    if args.report_only:
+        return _report_only(args)
+    experiment = load_experiment(args.config or DEFAULT_CONFIG)
     if args.device:
         experiment.device = args.device
     if experiment.device == "cuda" and not torch.cuda.is_available():
@@ -118,12 +148,6 @@ def _main(argv: list[str]) -> int:
     store = Store(Path(args.out) if args.out else REPO / "results" / experiment.name)
     store.check_writable()
     store.check_compatible(plan.config_hash, plan.hashed_config, plan.identities)
-
-    if args.report_only:
-        if not store.cells():
-            raise BenchError(f"{store.cells_dir} holds no finished cells to report; run without --report-only")
-        write_report_for(store, plan, torch.device("cpu"), Ranks())
-        return 0
 
     ranks = init_distributed(experiment.device)
     device = torch_device(experiment.device, ranks)
@@ -135,8 +159,9 @@ def _main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     stop = StopRequest()
     stop.install()
-    started = time.perf_counter()
-    resume = " ".join(shlex.quote(part) for part in ["python", "run_all.py", *argv])
+    command = command_line(argv)
+    todo = {c.name for c in cells if store.read_cell(c.label, c.seed) is None}
+    headline = None
     try:
         if workers > 1:
             status = run_workers(plan, cells, store, workers, args.threads, stop)
@@ -144,33 +169,99 @@ def _main(argv: list[str]) -> int:
                 raise Interrupted("stopped while cells were running")
             if status:   # the worker printed its error: a failed write (3), or a crash with its traceback
                 print(f"error: a cell worker stopped with exit status {status}; finished cells are kept. "
-                      f"Resume with: {resume}", file=sys.stderr)
+                      f"Resume with: {command}", file=sys.stderr)
                 return status
             busy = [c.name for c in cells if store.read_cell(c.label, c.seed) is None]
         else:
             busy = Runner(plan, store, ranks, device, stop).run(cells)
+        # The run's end and wall time, as run.json and the report give them: the report comes after.
+        finished, wall = datetime.now(timezone.utc), time.perf_counter() - clock
         if ranks.is_main:
             stored = [store.read_cell(c.label, c.seed) for c in cells]
+            if any(cell is not None and c.name in todo for c, cell in zip(cells, stored)):
+                # Before the report, which shows it. A re-run that found nothing left to do
+                # keeps the record of the run that made the numbers.
+                store.write_run({"command": command, "started": started.isoformat(timespec="seconds"),
+                                 "finished": finished.isoformat(timespec="seconds"), "wall_time_s": round(wall, 1),
+                                 "git_commit": git_commit(), "environment": environment(device, ranks)})
             if store.cells():
-                write_report_for(store, plan, device, ranks)
+                headline = write_report_for(store, plan.config)
     except WriteError as error:   # disk full or an I/O error: what was finished stays valid
-        print(f"error: {error}; finished cells are kept. Resume with: {resume}", file=sys.stderr)
+        print(f"error: {error}; finished cells are kept. Resume with: {command}", file=sys.stderr)
         return 3
     except Interrupted as stopped:
         if ranks.is_main:
-            print(f"interrupted ({stopped}); progress is saved in {store.root}. Resume with: {resume}",
+            print(f"interrupted ({stopped}); progress is saved in {store.root}. Resume with: {command}",
                   file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         if ranks.is_main:
             print(f"aborted; finished cells are kept and the running cell restarts from its last checkpoint. "
-                  f"Resume with: {resume}", file=sys.stderr)
+                  f"Resume with: {command}", file=sys.stderr)
         return 130
     if not ranks.is_main:
         return 0
     failed = [c.name for c, cell in zip(cells, stored) if cell is not None and cell.status != "ok"]
     done = sum(cell is not None for cell in stored)
-    print(f"{done}/{len(cells)} cells finished in {store.root} ({time.perf_counter() - started:.0f} s)"
+    report_time = f"; report {time.perf_counter() - clock - wall:.0f} s" if headline else ""
+    print(f"{done}/{len(cells)} cells finished in {store.root} ({wall:.0f} s{report_time})"
           + (f"; failed: {', '.join(failed)}" if failed else "")
           + (f"; still running elsewhere: {', '.join(busy)}" if busy else ""))
+    print(report_line(store, headline))
     return 1 if failed else 0
+
+
+def _report_only(args: argparse.Namespace) -> int:
+    """Rebuild metrics.csv and the report of a results folder from the folder alone: its cells
+    hold their config and config.json the rest (``Store.config``). A --config must agree with the
+    cells; its variant list, seeds and baseline then replace config.json's."""
+    for flag in RUN_FLAGS:
+        if getattr(args, flag) is not None:
+            raise BenchError(f"--{flag} has no effect with --report-only, which reports every finished cell")
+    if args.out is None and args.config is None:
+        raise BenchError("--report-only needs --out DIR, the results folder to report")
+    plan = make_plan(load_experiment(args.config)) if args.config else None
+    store = Store(Path(args.out) if args.out else REPO / "results" / plan.experiment.name)
+    if not store.root.is_dir():
+        raise BenchError(f"--out {store.root}: no such folder")
+    if plan is not None:
+        store.check_compatible(plan.config_hash, plan.hashed_config, plan.identities,
+                               advice="drop --config: --report-only reads the experiment from the folder")
+    if not store.cells():
+        raise BenchError(f"{store.cells_dir} holds no finished cells to report; run without --report-only")
+    store.check_writable()
+    print(report_line(store, write_report_for(store, plan.config if plan else None)))
+    return 0
+
+
+def report_line(store: Store, headline: str | None) -> str:
+    """The last line of a run: where its report is and what it found (None: no report written)."""
+    if headline is None:
+        return f"no report: {store.cells_dir} holds no finished cell yet"
+    return f"report: {store.root / 'report.html'}. {headline}"
+
+
+def command_line(argv: list[str]) -> str:
+    """The command that ran (and resumes) this run, as run.json records it."""
+    world = launched_world_size()
+    per_node = os.environ.get("LOCAL_WORLD_SIZE", world)
+    launcher = ["python"] if world == 1 else ["torchrun", f"--nproc_per_node={per_node}"]
+    return shlex.join([*launcher, "run_all.py", *argv])
+
+
+def _listing(config: str | None) -> str:
+    """--list: every registered variant with its family, what it does and its paper; with a
+    config, also that experiment's variant labels (what --variants takes)."""
+    names = list_variants()
+    infos = [variant_info(name) for name in names]
+    width, family_width = max(map(len, names)), max(len(info.family) for info in infos)
+    lines = ["registered variants: name, family, what it does [paper]"]
+    lines += [f"  {name:<{width}}  {info.family:<{family_width}}  {info.summary}"
+              + (f" [{info.paper}]" if info.paper else "") for name, info in zip(names, infos)]
+    if config is not None:
+        variants = make_plan(load_experiment(config), launched_world_size()).variants
+        label_width = max(len(v.spec.label) for v in variants)
+        lines += ["", f"variants of {config}: label (for --variants), registry name, options"]
+        lines += [f"  {v.spec.label:<{label_width}}  {v.spec.name:<{width}}  "
+                  + (", ".join(f"{k}={o}" for k, o in v.spec.options.items()) or "no options") for v in variants]
+    return "\n".join(lines)

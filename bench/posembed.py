@@ -40,6 +40,21 @@ def list_variants() -> list[str]:
     return list(_REGISTRY)
 
 
+class VariantInfo(NamedTuple):
+    """What reports and ``--list`` say about a variant (the class attributes of that name)."""
+    title: str | None
+    family: str
+    summary: str
+    paper: str
+
+
+def variant_info(name: str) -> VariantInfo:
+    """The variant's description; a name this checkout does not register (an old run's) gets the
+    base class's: no title, family "other", no summary or paper."""
+    cls = _REGISTRY.get(name, PositionalEmbedding)
+    return VariantInfo(cls.title, cls.family, cls.summary, cls.paper)
+
+
 def variant_options(name: str) -> dict[str, object]:
     """The keyword options a variant accepts, with their defaults."""
     params = inspect.signature(variant_class(name).__init__).parameters

@@ -88,9 +88,15 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def progress(**options) -> tqdm:
-    """A tqdm bar; redrawn every few seconds when stderr is a log file rather than a terminal."""
-    return tqdm(dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 5.0, **options)
+def log_mode() -> bool:
+    """stderr is a log file or a pipe (a Slurm job), not a terminal: no bars, whose carriage
+    returns would fill the log; the runner prints one plain line per finished cell instead."""
+    return not sys.stderr.isatty()
+
+
+def progress(disable: bool = False, **options) -> tqdm:
+    """A tqdm bar on a terminal; none in log mode."""
+    return tqdm(dynamic_ncols=True, disable=disable or log_mode(), **options)
 
 
 # ---- the environment record (the report's provenance, the benchmark's header) ----------------

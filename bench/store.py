@@ -12,6 +12,7 @@ Layout of an output directory DIR::
     locks/store.lock                  held while a cell is added or metrics.csv / the report rebuilt
     metrics.csv                       long format, one row per (cell, eval size)
     config.json                       the run's config keys that no cell holds (variants, seeds, baseline, ...)
+    run.json                          the last run: command, start and end, wall time, commit, environment
 
 Every file is written to a temporary file in its own folder, fsynced, then renamed over its
 target, so a reader or a crash never sees half a file, and a failed write (disk full) leaves the
@@ -44,6 +45,7 @@ from .evaluate import Score
 from .plan import EvalPoint, TrainResolution, cell_identity, cell_name, cell_task, unhashed_config
 
 AXIS = {"axis": True}   # marks a CellRecord field that tells cells apart (with the seed)
+RUN_FILE = "run.json"   # the runner's record of its last run; the report's provenance reads it
 
 
 class StoreError(BenchError):
@@ -221,6 +223,7 @@ class Store:
         self.locks_dir = self.root / "locks"
         self.metrics_path = self.root / "metrics.csv"
         self.config_path = self.root / "config.json"
+        self.run_path = self.root / RUN_FILE
 
     # ---- checks that write nothing -----------------------------------------------------------
 
@@ -235,24 +238,28 @@ class Store:
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise StoreError(f"cannot write to output dir {self.root}: {folder} is not writable")
 
-    def check_compatible(self, config_hash: str, config: dict, identities: dict[str, dict]) -> None:
+    def check_compatible(self, config_hash: str, config: dict, identities: dict[str, dict],
+                         advice: str | None = None) -> None:
         """Refuse to add cells to results made with a different config.
 
         ``identities`` maps each planned variant label to what its stored cells must match
         (``bench.plan.cell_identity``), so an edited variant entry is not reused either.
+        ``advice`` ends the message: what to do instead (default: a new --out, or for an edited
+        variant entry a new label).
         """
+        new_out = f"run with a new --out, e.g. --out {self.free_sibling()}"
         for name, cell in self.cells().items():
             if cell.config_hash != config_hash:
                 keys = differing_keys(cell.config, config) or ["config hash"]
                 raise StoreError(f"{self.root} holds results of a different config (cell {name} differs in "
-                                 f"{', '.join(keys)}); run with a new --out, e.g. --out {self.free_sibling()}")
+                                 f"{', '.join(keys)}); {advice or new_out}")
             expected = identities.get(cell.variant)
             if expected is not None:
                 keys = differing_keys(cell.identity, expected, f"variants[{cell.variant}]")
                 if keys:
                     raise StoreError(f"{self.root} holds cell {name} made with a different variant entry "
-                                     f"(differs in {', '.join(keys)}); give the entry a new label or run "
-                                     f"with a new --out, e.g. --out {self.free_sibling()}")
+                                     f"(differs in {', '.join(keys)}); "
+                                     f"{advice or 'give the entry a new label or ' + new_out}")
 
     def free_sibling(self) -> Path:
         n = 2
@@ -317,6 +324,10 @@ class Store:
         if not isinstance(run, dict):
             raise StoreError(f"{self.config_path}: must be a JSON object")
         return _merged(held, run)
+
+    def write_run(self, run: dict) -> None:
+        """Record how the last run went: its command, times, commit and environment."""
+        atomic_write(self.run_path, json.dumps(run, indent=1).encode())
 
     # ---- checkpoints -------------------------------------------------------------------------
 

@@ -57,7 +57,7 @@ def workspace(tmp_path):
 CASES = {
     "unknown-key": ({"seeds: [0, 1]": "seed: [0, 1]"}, [],
                     "seed: unknown key (did you mean 'seeds'?); valid keys: name, variants, baseline, data, model, "
-                    "seeds, train, eval, device"),
+                    "seeds, train, eval, device, smoke"),
     "wrong-type": ({"seeds: [0, 1]": "seeds: [0, one]"}, [], "seeds[1]: expected an integer, got 'one' (string)"),
     "not-finite": ({"lr: 0.003": "lr: .nan"}, [], "train.lr: expected a finite number, got nan (number)"),
     "zero-steps": ({"steps: 30": "steps: 0"}, [], "train.steps: must be positive, got 0"),

@@ -2,23 +2,25 @@
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import torch
 
 import bench
-from bench import posembed, runner
+from bench import posembed, runner, runtime
 from bench.cli import main
 from bench.config import VariantSpec, load_experiment
 from bench.data import TrainBatches, build_source
 from bench.plan import make_plan
-from bench.runtime import Interrupted, Ranks
+from bench.runtime import Interrupted, Ranks, git_commit
 from bench.store import METRICS_COLUMNS, Store
 from bench.train import CellTrainer, build_cell_model
 
@@ -99,10 +101,11 @@ def test_run_writes_the_results_store(finished):
 
 def test_rerun_skips_finished_cells(finished, monkeypatch):
     config, out = finished
-    before = snapshot(out / "cells")
+    before, run = snapshot(out / "cells"), (out / "run.json").read_bytes()
     monkeypatch.setattr(CellTrainer, "run", lambda *a: pytest.fail("a finished cell was trained again"))
     assert main(["--config", str(config), "--out", str(out)]) == 0
     assert snapshot(out / "cells") == before
+    assert (out / "run.json").read_bytes() == run, "run.json keeps the run that made the numbers"
 
 
 # Draws its coordinate augmentation from the global RNG in training: a resume must draw the same.
@@ -253,9 +256,121 @@ def test_report_only_rebuilds_metrics(finished, tmp_path):
     assert (out / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
 
 
-def test_list_prints_the_registered_variants(capsys):
+def test_report_only_needs_nothing_but_the_folder(finished, tmp_path, monkeypatch, capsys):
+    _, reference = finished
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    for name in ("metrics.csv", "report.md", "report.html", "summary.csv"):
+        (out / name).unlink()
+    run = (out / "run.json").read_bytes()
+    monkeypatch.setattr("bench.cli.load_experiment", lambda path: pytest.fail(f"{path} was loaded"))
+    assert main(["--report-only", "--out", str(out)]) == 0
+    assert (out / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
+    assert all((out / name).is_file() for name in ("report.md", "report.html", "summary.csv"))
+    assert (out / "run.json").read_bytes() == run, "report-only leaves the run's record alone"
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"report: {out / 'report.html'}. Over the whole grid, ")
+
+
+def test_report_only_with_a_config_of_other_results_names_the_keys(finished, tmp_path, capsys):
+    _, out = finished
+    other = write_config(tmp_path, **{"dim: 16": "dim: 32"})
+    before = snapshot(out)
+    assert main(["--report-only", "--out", str(out), "--config", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "differs in model.dim)" in err and "new --out" not in err
+    assert err.rstrip().endswith("drop --config: --report-only reads the experiment from the folder")
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--report-only"], "--report-only needs --out DIR, the results folder to report"),
+    (["--report-only", "--out", "{tmp}/missing"], "--out {tmp}/missing: no such folder"),
+    (["--report-only", "--out", "{tmp}", "--seeds", "0"], "--seeds has no effect with --report-only"),
+])
+def test_report_only_mistakes_are_one_line(tmp_path, capsys, flags, message):
+    assert main([flag.replace("{tmp}", str(tmp_path)) for flag in flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: " + message.replace("{tmp}", str(tmp_path)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_json_records_the_run_and_the_report_shows_it(finished):
+    config, out = finished
+    run = json.loads((out / "run.json").read_text())
+    assert set(run) == {"command", "started", "finished", "wall_time_s", "git_commit", "environment"}
+    assert run["command"] == f"python run_all.py --config {config} --out {out}"
+    started, ended = datetime.fromisoformat(run["started"]), datetime.fromisoformat(run["finished"])
+    assert started.tzinfo is not None and 0 < run["wall_time_s"] <= (ended - started).total_seconds() + 1
+    assert run["git_commit"] == git_commit() == run["environment"]["git_commit"]
+    assert {"torch", "python", "device", "cpu", "threads", "world_size"} <= set(run["environment"])
+    head = (out / "report.md").read_text().split("## Findings")[0]
+    assert f"made by `python run_all.py --config tiny.yaml --out out`; commit `{run['git_commit']}`; finished " in head
+    assert "; wall time " in head and str(out.parent) not in head
+
+
+def test_log_mode_prints_one_line_per_finished_cell(finished, tmp_path):
+    config, _ = finished
+    out = tmp_path / "out"
+    done = run_cli("--config", config, "--out", out, "--variants", "nope,rope_axial", "--seeds", "1", timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "\r" not in done.stderr, "no progress bars when stderr is not a terminal"
+    lines = done.stderr.splitlines()
+    assert len(lines) == 2, done.stderr
+    for number, (line, label) in enumerate(zip(lines, ["nope", "rope_axial"]), 1):
+        assert re.fullmatch(rf"cell {number}/2 {label} abs_position seed 1: final loss \d+\.\d{{3}}, "
+                            r"accuracy at 16x16 px \d+\.\d%, \d+\.\d s", line), line
+    last = done.stdout.splitlines()[-1]
+    assert last.startswith(f"report: {out / 'report.html'}. Over the whole grid, ") and "\n" not in last
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_bars_only_on_a_terminal(monkeypatch, terminal):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: terminal)
+    with runtime.progress(total=1) as bar:
+        assert bar.disable is not terminal
+
+
+def test_list_prints_every_variant_with_its_description(capsys):
     assert main(["--list"]) == 0
-    assert capsys.readouterr().out.split() == bench.list_variants()
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert [line.split()[0] for line in lines] == bench.list_variants()
+    for line, name in zip(lines, bench.list_variants()):
+        info = posembed.variant_info(name)
+        assert info.summary and info.paper and info.family != "other", name
+        assert line.split(maxsplit=1)[1].startswith(info.family) and f"{info.summary} [{info.paper}]" in line
+
+
+def test_list_with_a_config_prints_its_variant_labels(finished, capsys):
+    config, _ = finished
+    assert main(["--list", "--config", str(config)]) == 0
+    listing = capsys.readouterr().out.split("\n\n")[1].splitlines()
+    rows = [line.split(maxsplit=2) for line in listing[1:]]
+    assert [(label, name) for label, name, _ in rows] == [
+        ("nope", "nope"), ("factorized_abs_learned+stack", "factorized_abs_learned"), ("rope_axial", "rope_axial")]
+    assert rows[0][2] == "no options" and rows[1][2].startswith("combine=stack, max_grid=")
+
+
+def test_help_shows_examples_and_exit_statuses(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert all(example in text for example in ("--config experiments/quick.yaml", "--variants nope,rope_axial",
+                                                "--shard $SLURM_ARRAY_TASK_ID/8", "--report-only --out", "torchrun"))
+    statuses = text.split("exit status:")[1]
+    assert [line.split()[0] for line in statuses.strip().splitlines()[:5]] == ["0", "1", "2", "3", "130"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_report_runs_report_only_on_out(finished, tmp_path):
+    _, out = finished
+    dry = subprocess.run(["make", "-n", "report", f"OUT={out}"], cwd=REPO, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[-1].endswith(f"/python run_all.py --report-only --out {out}")
+    missing = subprocess.run(["make", "-n", "report", f"OUT={tmp_path}/missing"], cwd=REPO, capture_output=True,
+                             text=True)
+    assert missing.returncode != 0 and missing.stderr.count("\n") == 1
+    assert f"OUT={tmp_path}/missing is not a results folder" in missing.stderr
 
 
 @pytest.mark.parametrize("flags, culprit", [

@@ -233,6 +233,9 @@ class Experiment:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     device: Literal["cpu", "cuda"] = "cpu"   # cuda: bf16 autocast
+    # A smoke run (too short to converge): its report and figures say so, and not to cite them.
+    # Hashed like any key, so every cell carries it and a smoke cell never joins real results.
+    smoke: bool = False
 
     def __post_init__(self):
         if not LABEL_PATTERN.fullmatch(self.name):

@@ -13,7 +13,7 @@ from .document import (Block, Bullets, Code, Heading, Image, Note, Paragraph, Ta
                        markdown)
 from .figstyle import FORMATS
 from .figures import Outcome, write_figures
-from .findings import TARGET_RATIO, write_findings
+from .findings import NOTHING_FOUND, TARGET_RATIO, headline, write_findings
 from .latex import latex_table
 from .provenance import Provenance, read_provenance
 from .stats import CI_LEVEL, MIN_SEEDS_FOR_CI
@@ -26,13 +26,14 @@ SMOKE_NOTE = Note("Smoke run: do not cite.",
                   "The models are not converged, so its numbers say nothing about the embeddings.")
 
 
-def write_report(out_dir: Path, config: dict | None = None, environment: dict | None = None) -> None:
+def write_report(out_dir: Path, config: dict | None = None, environment: dict | None = None) -> str:
     """Read DIR/cells and DIR/metrics.csv; write the tables (CSV, Markdown, LaTeX), figures/,
-    report.md and report.html. ``config`` and ``environment`` are the runner's: the config is
-    recorded in DIR/config.json (``Store.write_config``). Without them the report uses the
-    folder's config (the cells' part and config.json's, ``Store.config``), and what the cells and
-    DIR/run.json record.
+    report.md and report.html. ``config``: the run's, recorded in DIR/config.json
+    (``Store.write_config``); without it the report uses the folder's config (the cells' part and
+    config.json's, ``Store.config``). ``environment``: the machine's; without it DIR/run.json's
+    (the runner writes it before the report), else what the cells record.
 
+    Returns the headline finding (``findings.headline``), one line for the end of a run's log.
     Raises BenchError (one line naming the path) when the store is missing or malformed.
     """
     out_dir = Path(out_dir)
@@ -91,6 +92,7 @@ def write_report(out_dir: Path, config: dict | None = None, environment: dict | 
     ]
     _write_text(out_dir / "report.md", markdown(blocks))
     _write_text(out_dir / "report.html", html_page(blocks, TITLE, out_dir))
+    return headline(results)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -107,7 +109,7 @@ def smoke_blocks(results: Results) -> list[Block]:
 
 def findings_blocks(results: Results) -> list[Block]:
     sentences = write_findings(results)
-    return [Paragraph(" ".join(sentences) if sentences else "No cell succeeded: nothing to report.")]
+    return [Paragraph(" ".join(sentences) if sentences else NOTHING_FOUND)]
 
 
 def summary_blocks(table: pd.DataFrame) -> list[Block]:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ..errors import BenchError
 from ..plan import default_baseline
-from ..posembed import _REGISTRY, list_variants
+from ..posembed import list_variants, variant_info
 from ..store import CELL_AXES, METRIC_TYPES, METRICS_COLUMNS, CellRecord, Store
 
 # Families in display order; a variant declares its own (posembed's ``family`` attribute), and a
@@ -34,14 +34,7 @@ EXTREME_ELONGATION = 1.9
 
 
 def family_of(base_variant: str) -> str:
-    return _described(base_variant, "family", OTHER_FAMILY)
-
-
-def _described(base_variant: str, attribute: str, default: str | None = "") -> str | None:
-    """A class attribute of the registered variant (title, family, summary, paper), or
-    ``default`` for a name this checkout does not register (an old run's)."""
-    cls = _REGISTRY.get(base_variant)
-    return getattr(cls, attribute) if cls is not None else default
+    return variant_info(base_variant).family
 
 
 def display_name(base_variant: str, label: str) -> str:
@@ -52,7 +45,7 @@ def display_name(base_variant: str, label: str) -> str:
     ('factorized_abs_learned+stack', 'rope_axial+theta=10'). A label of the user's own is shown
     as it is.
     """
-    title = _described(base_variant, "title", None) or base_variant
+    title = variant_info(base_variant).title or base_variant
     if label == base_variant:
         return title
     if label.startswith(base_variant + "+"):
@@ -280,8 +273,8 @@ def _variant_table(cells: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "variant": variant, "base_variant": first["base_variant"], "title": first["title"],
             "family": family_of(first["base_variant"]), "combine": first["combine"],
-            "about": _described(first["base_variant"], "summary"),
-            "paper": _described(first["base_variant"], "paper"),
+            "about": variant_info(first["base_variant"]).summary,
+            "paper": variant_info(first["base_variant"]).paper,
             "param_count": first["param_count"], "seeds_ok": len(good),
             "seeds_failed": len(group) - len(good),
             "train_min_side": first["train_min_side"], "train_max_side": first["train_max_side"],

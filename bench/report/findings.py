@@ -17,6 +17,7 @@ from .tables import (SUBSET, Subset, combine_groups, counted, per_seed, seeds_of
 
 MAX_NAMED = 4  # a tie among more variants is summarised, not listed
 TARGET_RATIO = 4.0  # retention is reported at the grid side nearest 4x the training side
+NOTHING_FOUND = "No cell succeeded: nothing to report."
 
 
 def clearly_better(a: pd.Series, b: pd.Series) -> bool:
@@ -62,7 +63,7 @@ def write_findings(results: Results) -> list[str]:
     """The findings as sentences, most general first; empty when no cell succeeded."""
     if not results.ok_variants:
         return []
-    n_seeds = int(results.variants["seeds_ok"].max())
+    n_seeds = _most_seeds(results)
     sentences = [_basis(results)]
     for key in ("grid", "above", "below", "extreme"):
         sentences += _leader_sentence(results, SUBSET[key], n_seeds)
@@ -70,6 +71,22 @@ def write_findings(results: Results) -> list[str]:
     sentences += _versus_baseline(results)
     sentences += _combine(results, n_seeds)
     return sentences
+
+
+def headline(results: Results) -> str:
+    """The main finding in one line, for the last line of a run's log: the findings' whole-grid
+    sentence, or the whole-grid accuracy of a lone variant."""
+    if not results.ok_variants:
+        return NOTHING_FOUND
+    lead = _leader_sentence(results, SUBSET["grid"], _most_seeds(results))
+    if lead:
+        return lead[0]
+    (variant, values), = _subset_values(results, SUBSET["grid"]).items()
+    return f"Over the whole grid, `{variant}`, the only variant, scores {pct(values.mean())}."
+
+
+def _most_seeds(results: Results) -> int:
+    return int(results.variants["seeds_ok"].max())
 
 
 def _basis(results: Results) -> str:

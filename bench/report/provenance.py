@@ -1,10 +1,10 @@
 """Where a report's numbers come from: commit, date, command and time of the run.
 
 The runner records a run in DIR/run.json ({"command", "started", "finished", "wall_time_s",
-"git_commit"}); without it, the cells tell what they can (their training and evaluation times,
-their files' dates, the device). No path outside the repository is ever shown: a results
-folder or a command argument inside it is shown relative to it, one outside by its name only,
-so a report never points at a temporary folder of the machine it was made on.
+"git_commit", "environment"}); without it, the cells tell what they can (their training and
+evaluation times, their files' dates, the device). No path outside the repository is ever shown:
+a results folder or a command argument inside it is shown relative to it, one outside by its
+name only, so a report never points at a temporary folder of the machine it was made on.
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..errors import BenchError
+from ..store import RUN_FILE
 from .data import Results
 
 REPO = Path(__file__).resolve().parents[2]
-RUN_FILE = "run.json"
 
 
 def shown_path(path: str | Path) -> str:
@@ -81,12 +81,12 @@ def duration(seconds: float) -> str:
 
 def read_provenance(out_dir: Path, results: Results, environment: dict | None = None) -> Provenance:
     """``environment``: what the runner knows of the machine (torch, device, git_commit, ...);
-    without it the report shows what the cells record."""
+    without it the report shows run.json's, else what the cells record."""
     out_dir = Path(out_dir)
     run = _read_run(out_dir / RUN_FILE)
     ok = results.cells[results.cells["status"] == "ok"]
-    env = dict(environment) if environment else {
-        k: ok[k].iloc[0] for k in ("device", "world_size") if len(ok) and k in ok and ok[k].notna().any()}
+    env = dict(environment or run.get("environment") or {
+        k: ok[k].iloc[0] for k in ("device", "world_size") if len(ok) and k in ok and ok[k].notna().any()})
     finished = _utc(run["finished"]) if run.get("finished") else None
     from_cells = finished is None
     if from_cells:
@@ -109,8 +109,8 @@ def _read_run(path: Path) -> dict:
     except (OSError, ValueError) as exc:
         raise BenchError(f"{path}: unreadable ({type(exc).__name__}); delete it or let the runner "
                          f"rewrite it") from None
-    if not isinstance(run, dict):
-        raise BenchError(f"{path}: must be a JSON object")
+    if not isinstance(run, dict) or not isinstance(run.get("environment", {}), dict):
+        raise BenchError(f"{path}: must be a JSON object, its environment one too")
     return run
 
 
