@@ -364,11 +364,14 @@ def test_help_shows_examples_and_exit_statuses(capsys):
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_report_runs_report_only_on_out(finished, tmp_path):
     _, out = finished
-    dry = subprocess.run(["make", "-n", "report", f"OUT={out}"], cwd=REPO, capture_output=True, text=True)
+    # CI calls the tests from inside make, whose MAKEFLAGS would make this make print "Entering directory" lines
+    quiet = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    make = ["make", "--no-print-directory", "-n", "report"]
+    dry = subprocess.run([*make, f"OUT={out}"], cwd=REPO, capture_output=True, text=True, env=quiet)
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.splitlines()[-1].endswith(f"/python run_all.py --report-only --out {out}")
-    missing = subprocess.run(["make", "-n", "report", f"OUT={tmp_path}/missing"], cwd=REPO, capture_output=True,
-                             text=True)
+    missing = subprocess.run([*make, f"OUT={tmp_path}/missing"], cwd=REPO, capture_output=True, text=True,
+                             env=quiet)
     assert missing.returncode != 0 and missing.stderr.count("\n") == 1
     assert f"OUT={tmp_path}/missing is not a results folder" in missing.stderr
 
