@@ -57,7 +57,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="run_all.py", description="Train and evaluate every (variant, seed) cell of an "
+    parser = _Parser(prog="run_all.py", description="Train and evaluate every (variant, task, seed) cell of an "
                                                     "experiment into a resumable results directory.",
                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help=f"experiment YAML (default: {DEFAULT_CONFIG.relative_to(REPO)}; "
@@ -160,7 +160,7 @@ def _main(argv: list[str]) -> int:
     stop = StopRequest()
     stop.install()
     command = command_line(argv)
-    todo = {c.name for c in cells if store.read_cell(c.label, c.seed) is None}
+    todo = {c.name for c in cells if store.read_cell(c.label, c.task, c.seed) is None}
     headline = None
     try:
         if workers > 1:
@@ -171,13 +171,13 @@ def _main(argv: list[str]) -> int:
                 print(f"error: a cell worker stopped with exit status {status}; finished cells are kept. "
                       f"Resume with: {command}", file=sys.stderr)
                 return status
-            busy = [c.name for c in cells if store.read_cell(c.label, c.seed) is None]
+            busy = [c.name for c in cells if store.read_cell(c.label, c.task, c.seed) is None]
         else:
             busy = Runner(plan, store, ranks, device, stop).run(cells)
         # The run's end and wall time, as run.json and the report give them: the report comes after.
         finished, wall = datetime.now(timezone.utc), time.perf_counter() - clock
         if ranks.is_main:
-            stored = [store.read_cell(c.label, c.seed) for c in cells]
+            stored = [store.read_cell(c.label, c.task, c.seed) for c in cells]
             if any(cell is not None and c.name in todo for c, cell in zip(cells, stored)):
                 # Before the report, which shows it. A re-run that found nothing left to do
                 # keeps the record of the run that made the numbers.

@@ -1,9 +1,11 @@
 """Evaluation over the resolution x aspect grid: every test image at every grid size, packed."""
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -14,10 +16,28 @@ from .runtime import Interrupted, autocast, progress
 
 
 @dataclass(frozen=True)
+class Hits:
+    """Which test images a model classified correctly at one eval size, in index order. Kept as
+    bits so a cell file stays small (512 images: 88 characters): the report pairs variants image
+    by image with them and resamples the test set."""
+    count: int   # test images
+    bits: str    # base64 of numpy.packbits(correct): image 0 is the highest bit of the first byte
+
+    @classmethod
+    def of(cls, correct: np.ndarray) -> "Hits":
+        return cls(len(correct), base64.b64encode(np.packbits(correct.astype(bool))).decode("ascii"))
+
+    def array(self) -> np.ndarray:
+        """bool [count]: image i classified correctly."""
+        return np.unpackbits(np.frombuffer(base64.b64decode(self.bits), np.uint8), count=self.count).astype(bool)
+
+
+@dataclass(frozen=True)
 class Score:
     """What a model scores at one eval size, over the whole test split."""
     accuracy: float   # top-1
     loss: float       # mean cross-entropy
+    hits: Hits | None = None   # None: a record from before they were kept
 
 
 class EvalSet:
@@ -43,20 +63,20 @@ class EvalSet:
 def evaluate(model: NaViT, eval_set: EvalSet, sizes: list[tuple[int, int]], device: torch.device,
              should_stop: Callable[[], bool] = lambda: False, label: str = "",
              show_progress: bool = True) -> list[Score]:
-    """One score per (H, W) of ``sizes``, in order."""
+    """One score per (H, W) of ``sizes``, in order, with which test images were right."""
     model.eval()
     scores = []
     for height, width in progress(iterable=sizes, desc=f"{label} eval", leave=False, position=1,
                                   disable=not show_progress):
         if should_stop():
             raise Interrupted(f"stopped while evaluating {height}x{width}")
-        loss_sum, correct, count = 0.0, 0, 0
-        for batch, labels in eval_set.batches((height, width)):
+        loss_sum, correct = 0.0, []
+        for batch, labels in eval_set.batches((height, width)):   # images in index order
             labels = labels.to(device)
             with autocast(device):
                 logits = model(batch.to(device)).float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += int((logits.argmax(-1) == labels).sum())
-            count += labels.numel()
-        scores.append(Score(correct / count, loss_sum / count))
+            correct.append((logits.argmax(-1) == labels).cpu())
+        right = torch.cat(correct).numpy()
+        scores.append(Score(int(right.sum()) / len(right), loss_sum / len(right), Hits.of(right)))
     return scores

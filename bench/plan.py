@@ -6,8 +6,9 @@ variant against the registry (its name, its options, one model built), the basel
 labels. It derives, once each: the eval grid, every variant's training resolution (a class that
 declares ``fixed_square_training`` trains at one square side), range, reference side and options
 (grid-dependent defaults come from the embedding class's ``grid_defaults`` hook), the eval
-points, the cell identities and the config hash. The runner, the store and the report read
-these; none recomputes them. A config that plans is safe to run: nothing here writes anything.
+points per task, the cells (variant x task x seed), their identities and the config hash. The
+runner, the store and the report read these; none recomputes them. A config that plans is safe
+to run: nothing here writes anything.
 """
 from __future__ import annotations
 
@@ -22,10 +23,10 @@ from typing import Any, Iterable, Literal
 
 import torch
 
-from .config import DataConfig, Experiment, ResolutionConfig, VariantSpec
+from .config import DataConfig, Experiment, ResolutionConfig, TrainConfig, VariantSpec
 from .config.loader import convert, join, suggest
 from .config.schema import VARIANT_KEYS
-from .data import DATA_VERSION, aspect_size, budget_grid, check_resolution, eval_sizes, rows_per_step
+from .data import DATA_VERSION, aspect_size, budget_grid, check_resolution, eval_sizes, rows_per_step, solvable
 from .errors import ConfigError
 from .model import build_model
 from .posembed import GridLimits, list_variants, variant_class, variant_options
@@ -49,7 +50,8 @@ class TrainResolution:
 
 @dataclass(frozen=True)
 class EvalPoint:
-    """One eval size as one variant sees it: the columns of an eval row that need no model."""
+    """One eval size as one variant sees it on one task: the columns of an eval row that need no
+    model."""
     eval_height: int
     eval_width: int
     aspect: float      # W / H
@@ -60,6 +62,9 @@ class EvalPoint:
     in_train_range: bool
     train_range: Literal["below", "in", "above"]
     at_train_res: bool
+    # The patch grid is large enough for the task's label to show (bench.data.solvable): sizes
+    # that are not are reported apart, never averaged into a regime.
+    solvable: bool
 
     @property
     def size(self) -> tuple[int, int]:
@@ -72,17 +77,18 @@ class VariantPlan:
     spec: VariantSpec                   # every option spelled out, as the model is built with them
     resolution: ResolutionConfig        # its training policy: its own, else train.resolution
     train_resolution: TrainResolution
-    eval_points: tuple[EvalPoint, ...]  # the eval grid, in grid order
+    eval_points: dict[str, tuple[EvalPoint, ...]]  # per task, the eval grid in grid order
     identity: dict                      # what a stored cell of this label must match, besides the hash
 
 
 @dataclass(frozen=True)
 class CellPlan:
-    """One (variant, seed) cell: everything needed to train, evaluate and record it."""
+    """One (variant, task, seed) cell: everything needed to train, evaluate and record it."""
     variant: VariantPlan
-    seed: int
     task: str          # the synthetic task, or the dataset's name
+    seed: int
     config_hash: str
+    train: TrainConfig  # the experiment's, with this task's steps
 
     @property
     def label(self) -> str:
@@ -90,7 +96,11 @@ class CellPlan:
 
     @property
     def name(self) -> str:
-        return cell_name(self.label, self.seed)
+        return cell_name(self.label, self.task, self.seed)
+
+    @property
+    def eval_points(self) -> tuple[EvalPoint, ...]:
+        return self.variant.eval_points[self.task]
 
 
 @dataclass(frozen=True)
@@ -99,19 +109,21 @@ class Plan:
     variants: tuple[VariantPlan, ...]
     sizes: tuple[tuple[int, int], ...]  # the eval grid's distinct (H, W), in grid order
     baseline: str | None                # the label the report compares every variant with
-    task: str
+    tasks: tuple[str, ...]              # the synthetic tasks, or the dataset's name
     config: dict         # the resolved config as plain data (options spelled out, baseline resolved)
     hashed_config: dict  # the part of it that changes numbers, plus the data pipeline's version
     config_hash: str
 
     def cells(self, labels: list[str] | None = None, seeds: list[int] | None = None,
               shard: tuple[int, int] = (0, 1)) -> list[CellPlan]:
-        """The cells of these variant labels (default: all) and seeds (default: the experiment's),
-        seed-major, so that early results already compare variants; then every N-th cell from I
-        (``shard`` = (I, N)): shards are disjoint and cover every cell."""
+        """The cells of these variant labels (default: all) and seeds (default: the experiment's)
+        on every task, seed-major, then task by task, so that early results already compare
+        variants; then every N-th cell from I (``shard`` = (I, N)): shards are disjoint and cover
+        every cell."""
         index, count = shard
-        cells = [CellPlan(variant, seed, self.task, self.config_hash)
-                 for seed in (self.experiment.seeds if seeds is None else seeds)
+        train = {task: self.experiment.train.for_task(task) for task in self.tasks}
+        cells = [CellPlan(variant, task, seed, self.config_hash, train[task])
+                 for seed in (self.experiment.seeds if seeds is None else seeds) for task in self.tasks
                  for variant in self.variants if labels is None or variant.spec.label in labels]
         return cells[index::count]
 
@@ -123,8 +135,8 @@ class Plan:
         return {v.spec.label: v.identity for v in self.variants}
 
 
-def cell_name(label: str, seed: int) -> str:
-    return f"{label}__{seed}"
+def cell_name(label: str, task: str, seed: int) -> str:
+    return f"{label}__{task}__{seed}"
 
 
 def cell_task(dataset: str, task: str) -> str:
@@ -152,17 +164,34 @@ def make_plan(experiment: Experiment, world_size: int = 1) -> Plan:
     except ConfigError as error:
         raise error.under("train") from None
     largest_eval = max(max(h, w) for h, w in sizes) // patch
-    variants = tuple(_plan_variant(experiment, spec, sizes, largest_eval, f"variants[{i}]")
+    tasks = tuple(cell_task(experiment.data.name, task) for task in experiment.data.tasks)
+    _check_task_steps(train.steps, experiment.data)
+    variants = tuple(_plan_variant(experiment, spec, sizes, tasks, largest_eval, f"variants[{i}]")
                      for i, spec in enumerate(experiment.variants))
     baseline = _baseline(experiment)
     config = _plain({**dataclasses.asdict(experiment), "baseline": baseline,
                      "variants": [dataclasses.asdict(v.spec) for v in variants]})
     hashed = hashed_config(config)
-    return Plan(experiment, variants, sizes, baseline, cell_task(experiment.data.name, experiment.data.task),
-                config, hashed, config_hash(hashed))
+    return Plan(experiment, variants, sizes, baseline, tasks, config, hashed, config_hash(hashed))
 
 
-def _plan_variant(experiment: Experiment, spec: VariantSpec, sizes, largest_eval: int, where: str) -> VariantPlan:
+def _check_task_steps(steps: int | dict[str, int], data: DataConfig) -> None:
+    """A mapping of steps gives every task of data.task its own, and only those."""
+    if not isinstance(steps, dict):
+        return
+    if data.name != "synthetic":
+        raise ConfigError("train.steps", f"is a mapping per task, which only synthetic data has; dataset "
+                                         f"{data.name!r} has one task: give an integer")
+    extra = [task for task in steps if task not in data.tasks]
+    if extra:
+        raise ConfigError(f"train.steps.{extra[0]}", f"is not a task of data.task {list(data.tasks)}")
+    missing = [task for task in data.tasks if task not in steps]
+    if missing:
+        raise ConfigError("train.steps", f"gives no steps for task {missing[0]!r} of data.task; list every task")
+
+
+def _plan_variant(experiment: Experiment, spec: VariantSpec, sizes, tasks: tuple[str, ...], largest_eval: int,
+                  where: str) -> VariantPlan:
     patch, model = experiment.model.patch_size, experiment.model
     valid = list_variants()
     if spec.name not in valid:
@@ -200,7 +229,7 @@ def _plan_variant(experiment: Experiment, spec: VariantSpec, sizes, largest_eval
     except (TypeError, ValueError) as error:
         raise ConfigError(where, str(error)) from None
     trained = TrainResolution(resolution.mode, low, high, reference)
-    points = tuple(eval_point(h, w, patch, trained) for h, w in sizes)
+    points = {task: tuple(eval_point(h, w, patch, trained, task) for h, w in sizes) for task in tasks}
     return VariantPlan(dataclasses.replace(spec, options=options), resolution, trained, points,
                        cell_identity(spec.name, options, resolution))
 
@@ -259,12 +288,12 @@ def native_elongation(data: DataConfig) -> float:
     return 1.0 if data.name.startswith("cifar") else IMAGEFOLDER_ELONGATION
 
 
-def eval_point(height: int, width: int, patch: int, trained: TrainResolution) -> EvalPoint:
+def eval_point(height: int, width: int, patch: int, trained: TrainResolution, task: str) -> EvalPoint:
     side = round(math.sqrt(height * width))
     low, high = trained.min_side, trained.max_side
     return EvalPoint(height, width, width / height, side, (height // patch) * (width // patch),
                      low <= side <= high, "below" if side < low else "above" if side > high else "in",
-                     height == width == trained.reference_side)
+                     height == width == trained.reference_side, solvable(task, height // patch, width // patch))
 
 
 def default_baseline(variants: Iterable[tuple[str, str]]) -> str | None:

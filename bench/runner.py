@@ -1,8 +1,9 @@
 """The runner: train and evaluate planned cells into the results store, then write the report.
 
 Every rank walks every cell; rank 0 alone decides whether a cell is to run (it holds the
-store's lock for it), evaluates it and writes its record. Training batches (per seed) and the
-eval batches are rendered once and kept for every variant while they fit in MEMO_LIMIT_BYTES.
+store's lock for it), evaluates it and writes its record. Each task has its own sources; its
+training batches (per seed) and eval batches are rendered once and kept for every variant while
+they fit in MEMO_LIMIT_BYTES.
 
 On a CPU, ``run_workers`` runs one such walker per core in processes of their own: each takes
 the next cell nobody holds, through the same per-cell locks that let shards share a folder, so
@@ -36,8 +37,8 @@ from .runtime import Interrupted, Ranks, StopRequest, log_mode, progress
 from .store import CellRecord, EvalRow, Store, WriteError
 from .train import CellTrainer, build_cell_model, param_count
 
-# Training batches (per seed) and eval batches are kept in RAM for reuse by every variant while
-# each stays under this size; above it they are rebuilt per cell.
+# Training batches (per task and seed) and eval batches (per task) are kept in RAM for reuse by
+# every variant while each stays under this size; above it they are rebuilt per cell.
 MEMO_LIMIT_BYTES = 2 * 2**30
 
 
@@ -68,30 +69,35 @@ class Runner:
 
     def __post_init__(self):
         experiment, patch = self.plan.experiment, self.plan.experiment.model.patch_size
-        train = experiment.train
-        self.train_source = build_source(experiment.data, "train")
-        test_source = build_source(experiment.data, "test")
+        train, tasks = experiment.train, self.plan.tasks
+        # A synthetic source per task; a real dataset has one task, its own name.
+        task_of = dict(zip(tasks, experiment.data.tasks))
+        self.train_sources = {task: build_source(experiment.data, "train", task_of[task]) for task in tasks}
+        test_sources = {task: build_source(experiment.data, "test", task_of[task]) for task in tasks}
+        test_source = test_sources[tasks[0]]
         resolutions = {_key(v.resolution) for v in self.plan.variants}
         token_bytes = test_source.channels * patch * patch * 4 + 24   # pixels, image id and (row, col)
-        train_tokens = train.steps * train.tokens_per_batch * len(resolutions)
-        test_tokens = len(test_source) * sum((h // patch) * (w // patch) for h, w in self.plan.sizes)
+        steps = max(train.steps_for(task) for task in experiment.data.tasks)
+        train_tokens = steps * train.tokens_per_batch * len(resolutions)
+        test_tokens = len(test_source) * sum((h // patch) * (w // patch) for h, w in self.plan.sizes) * len(tasks)
         self.keep_train = train.num_workers == 0 and train_tokens * token_bytes <= MEMO_LIMIT_BYTES
         keep_eval = experiment.eval.num_workers == 0 and test_tokens * token_bytes <= MEMO_LIMIT_BYTES
-        self.eval_set = EvalSet(test_source, patch, experiment.eval, keep_eval)
-        self.memo: dict[tuple[str, int], MemoBatches] = {}
+        self.eval_sets = {task: EvalSet(source, patch, experiment.eval, keep_eval)
+                          for task, source in test_sources.items()}
+        self.memo: dict[tuple[str, str, int], MemoBatches] = {}
 
     def run(self, cells: list[CellPlan]) -> list[str]:
         """Run every cell not finished yet; returns the names of cells claimed by other processes."""
         busy = []
-        done_before = {c.name for c in cells if self.store.read_cell(c.label, c.seed) is not None}
+        done_before = {c.name for c in cells if self.store.read_cell(c.label, c.task, c.seed) is not None}
         # A with block: an error or Ctrl-C closes the bar before the CLI prints its last line, not after.
         with progress(total=len(cells), initial=len(done_before), desc="cells", unit="cell", position=0,
                       disable=not (self.show_progress and self.ranks.is_main)) as bar:
             for number, cell in enumerate(cells, 1):
-                lock = (self.store.claim(cell.label, cell.seed) if self.ranks.is_main
+                lock = (self.store.claim(cell.label, cell.task, cell.seed) if self.ranks.is_main
                         else contextlib.nullcontext(True))
                 with lock as held:
-                    finished = self.store.read_cell(cell.label, cell.seed) is not None
+                    finished = self.store.read_cell(cell.label, cell.task, cell.seed) is not None
                     if self._agree(held and not finished):
                         started = time.perf_counter()
                         record = self.run_cell(cell)
@@ -106,32 +112,32 @@ class Runner:
         return busy
 
     def run_cell(self, cell: CellPlan) -> CellRecord:
-        experiment, variant, seed = self.plan.experiment, cell.variant, cell.seed
-        spec = variant.spec
-        batches = self._train_batches(variant.resolution, seed)
-        model = build_cell_model(experiment.model, spec, self.train_source.num_classes, self.train_source.channels,
-                                 seed)
+        experiment, variant, task, seed = self.plan.experiment, cell.variant, cell.task, cell.seed
+        spec, source = variant.spec, self.train_sources[task]
+        batches = self._train_batches(task, variant.resolution, seed)
+        model = build_cell_model(experiment.model, spec, source.num_classes, source.channels, seed)
         model.to(self.device)
         if self.device.type == "cuda":   # bucketed shapes (NaViT.forward) keep recompiles few; CPU stays eager
             model.compile_encoder()
-        trainer = CellTrainer(experiment.train, self.device, self.ranks,
-                              save=lambda state: self.store.save_checkpoint(spec.label, seed, state),
-                              load=lambda: self.store.load_checkpoint(spec.label, seed),
+        trainer = CellTrainer(cell.train, self.device, self.ranks,
+                              save=lambda state: self.store.save_checkpoint(spec.label, task, seed, state),
+                              load=lambda: self.store.load_checkpoint(spec.label, task, seed),
                               should_stop=self.stop, label=cell.name, show_progress=self.show_progress,
-                              checkpoint_check={"config_hash": cell.config_hash, "seed": seed, **variant.identity})
+                              checkpoint_check={"config_hash": cell.config_hash, "task": task, "seed": seed,
+                                                **variant.identity})
         state = trainer.run(model, batches)
         rows, eval_time = [], 0.0
         if state.failure is None and self.ranks.is_main:
             started = time.perf_counter()
-            scores = evaluate(model, self.eval_set, [p.size for p in variant.eval_points], self.device, self.stop,
+            scores = evaluate(model, self.eval_sets[task], [p.size for p in cell.eval_points], self.device, self.stop,
                               cell.name, self.show_progress)
-            rows = [EvalRow(point, score) for point, score in zip(variant.eval_points, scores)]
+            rows = [EvalRow(point, score) for point, score in zip(cell.eval_points, scores)]
             eval_time = time.perf_counter() - started
         return CellRecord(
             variant=spec.label, base_variant=spec.name, options=spec.options, resolution=variant.resolution,
-            task=cell.task, seed=seed, config_hash=cell.config_hash,
+            task=task, seed=seed, config_hash=cell.config_hash,
             status="ok" if state.failure is None else "failed", reason=state.failure,
-            num_classes=self.train_source.num_classes, param_count=param_count(model),
+            num_classes=source.num_classes, param_count=param_count(model),
             train_time_s=state.train_time_s, eval_time_s=eval_time, tokens_seen=state.tokens_seen,
             images_seen=state.images_seen, steps=state.step,
             final_train_loss=state.final_loss if state.failure is None else None,
@@ -146,18 +152,18 @@ class Runner:
         elif record.status != "ok":
             tqdm.write(f"cell {record.name} failed: {record.reason}", file=sys.stderr)
 
-    def _train_batches(self, resolution: ResolutionConfig, seed: int):
-        key = (_key(resolution), seed)
+    def _train_batches(self, task: str, resolution: ResolutionConfig, seed: int):
+        key = (task, _key(resolution), seed)
         if key in self.memo:
             return self.memo[key]
         train = self.plan.experiment.train
-        batches = TrainBatches(self.train_source, resolution, train.token_drop, self.plan.experiment.model.patch_size,
-                               train.tokens_per_batch, train.max_seq_len, seed,
+        batches = TrainBatches(self.train_sources[task], resolution, train.token_drop,
+                               self.plan.experiment.model.patch_size, train.tokens_per_batch, train.max_seq_len, seed,
                                rank=self.ranks.rank, world_size=self.ranks.world_size)
         if not self.keep_train:
             return batches
-        # Cells run seed by seed: a new seed's batches replace the previous seed's.
-        self.memo = {k: v for k, v in self.memo.items() if k[1] == seed}
+        # Cells run seed by seed, then task by task: a new (task, seed)'s batches replace the last's.
+        self.memo = {k: v for k, v in self.memo.items() if (k[0], k[2]) == (task, seed)}
         self.memo[key] = MemoBatches(batches)
         return self.memo[key]
 
@@ -191,8 +197,7 @@ def auto_workers(plan: Plan, cells: list[CellPlan], device: torch.device, ranks:
     """One worker per core on a CPU when the run is long enough to pay for their start; else one."""
     if device.type != "cpu" or ranks.distributed or len(cells) < 2:
         return 1
-    train = plan.experiment.train
-    if train.steps * train.tokens_per_batch * len(cells) < PARALLEL_MIN_TOKENS:
+    if sum(c.train.steps for c in cells) * plan.experiment.train.tokens_per_batch < PARALLEL_MIN_TOKENS:
         return 1
     return max(1, min(usable_cores(), len(cells)))
 
@@ -218,7 +223,7 @@ def run_workers(plan: Plan, cells: list[CellPlan], store: Store, workers: int, t
             process.start()
     finally:
         signal.signal(signal.SIGINT, previous)
-    done_before = sum(store.read_cell(c.label, c.seed) is not None for c in cells)
+    done_before = sum(store.read_cell(c.label, c.task, c.seed) is not None for c in cells)
     try:
         with progress(total=len(cells), initial=done_before, desc="cells", unit="cell", position=0,
                       disable=not show_progress) as bar:
@@ -227,7 +232,7 @@ def run_workers(plan: Plan, cells: list[CellPlan], store: Store, workers: int, t
                     stopping.set()
                 for process in processes:
                     process.join(timeout=0.2)
-                bar.update(sum(store.cell_path(c.label, c.seed).exists() for c in cells) - bar.n)
+                bar.update(sum(store.cell_path(c.label, c.task, c.seed).exists() for c in cells) - bar.n)
     except KeyboardInterrupt:   # the second press
         for process in processes:
             process.kill()

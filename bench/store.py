@@ -2,17 +2,18 @@
 
 ``CellRecord`` (with its ``EvalRow``s) is the one schema of a cell: the runner writes it, the
 store reads and writes it as JSON, the report reads it. Cell files written before a field existed
-still load: the field is derived from the file's stored config.
+still load: the field is derived from the file's stored config. So do those named before tasks were
+an axis (``<label>__<seed>.json``, one task per folder): the store finds them under that name.
 
 Layout of an output directory DIR::
 
-    cells/<label>__<seed>.json        one finished cell (status "ok" or "failed")
-    checkpoints/<label>__<seed>.pt    mid-cell training state, removed when the cell finishes
-    locks/<label>__<seed>.lock        held (flock) by the process training that cell
-    locks/store.lock                  held while a cell is added or metrics.csv / the report rebuilt
-    metrics.csv                       long format, one row per (cell, eval size)
-    config.json                       the run's config keys that no cell holds (variants, seeds, baseline, ...)
-    run.json                          the last run: command, start and end, wall time, commit, environment
+    cells/<label>__<task>__<seed>.json      one finished cell (status "ok" or "failed")
+    checkpoints/<label>__<task>__<seed>.pt  mid-cell training state, removed when the cell finishes
+    locks/<label>__<task>__<seed>.lock      held (flock) by the process training that cell
+    locks/store.lock                        held while a cell is added or metrics.csv / the report rebuilt
+    metrics.csv                             long format, one row per (cell, eval size)
+    config.json                             the run's config keys that no cell holds (variants, seeds, baseline, ...)
+    run.json                                the last run: command, start and end, wall time, commit, environment
 
 Every file is written to a temporary file in its own folder, fsynced, then renamed over its
 target, so a reader or a crash never sees half a file, and a failed write (disk full) leaves the
@@ -39,9 +40,9 @@ from typing import Any, Iterable, Iterator, Literal
 import torch
 
 from .config import ResolutionConfig
-from .data import known_num_classes
+from .data import known_num_classes, solvable
 from .errors import BenchError
-from .evaluate import Score
+from .evaluate import Hits, Score
 from .plan import EvalPoint, TrainResolution, cell_identity, cell_name, cell_task, unhashed_config
 
 AXIS = {"axis": True}   # marks a CellRecord field that tells cells apart (with the seed)
@@ -69,12 +70,13 @@ class EvalRow:
 
     @classmethod
     def from_json(cls, raw: dict) -> "EvalRow":
-        return cls(_pick(EvalPoint, raw), _pick(Score, raw))
+        hits = raw.get("hits")   # absent from rows written before it was kept
+        return cls(_pick(EvalPoint, raw), Score(raw["accuracy"], raw["loss"], Hits(**hits) if hits else None))
 
 
 @dataclass(frozen=True)
 class CellRecord:
-    """One finished (variant, seed) cell, ok or failed. Fields marked AXIS, with the seed, tell
+    """One finished (variant, task, seed) cell, ok or failed. Fields marked AXIS, with the seed, tell
     cells apart: the report never averages over them (a new axis is a field marked so here)."""
     variant: str = field(metadata=AXIS)   # the label
     base_variant: str                     # registry name
@@ -105,7 +107,7 @@ class CellRecord:
 
     @property
     def name(self) -> str:
-        return cell_name(self.variant, self.seed)
+        return cell_name(self.variant, self.task, self.seed)
 
     @property
     def identity(self) -> dict:
@@ -127,6 +129,7 @@ class CellRecord:
             missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw]
             if missing:
                 raise StoreError(f"{path}: result cell lacks {', '.join(missing)}")
+            raw = {**raw, "eval": [_derived_row(row, raw) for row in raw["eval"]]}
             if raw["status"] not in ("ok", "failed"):
                 raise StoreError(f"{path}: status must be 'ok' or 'failed', got {raw['status']!r}")
             values = {f.name: raw[f.name] for f in dataclasses.fields(cls)}
@@ -138,21 +141,31 @@ class CellRecord:
 
 
 CELL_AXES = tuple(f.name for f in dataclasses.fields(CellRecord) if f.metadata.get("axis"))
-METRICS_COLUMNS = ["variant", "base_variant", "seed", "eval_height", "eval_width", "aspect", "side",
-                   "num_tokens", "accuracy", "loss", "in_train_range", "train_range", "at_train_res"]
+METRICS_COLUMNS = ["variant", "base_variant", "task", "seed", "eval_height", "eval_width", "aspect", "side",
+                   "num_tokens", "accuracy", "loss", "in_train_range", "train_range", "at_train_res", "solvable"]
 # Each column's annotation (int, float, bool, str or a Literal), from the record it comes from.
 METRIC_TYPES = {column: {**typing.get_type_hints(CellRecord), **typing.get_type_hints(EvalPoint),
                          **typing.get_type_hints(Score)}[column] for column in METRICS_COLUMNS}
 
 
 def _derived_fields(raw: dict) -> dict:
-    """``task`` and ``num_classes`` of a cell file written before they were recorded, from its
-    stored config (empty when it has none: the record then names what it lacks)."""
+    """``task`` and ``num_classes`` of a cell file written before they were recorded (one task
+    per config then), from its stored config (empty when it has none: the record then names what
+    it lacks)."""
     data = raw.get("config", {}).get("data", {})
-    if "name" not in data:
+    if "name" not in data or "task" in raw:
         return {}
     name, task = data["name"], data.get("task")
     return {"task": cell_task(name, task), "num_classes": known_num_classes(name, task)}
+
+
+def _derived_row(row: dict, cell: dict) -> dict:
+    """An eval row written before ``solvable`` was recorded, with it, from the cell's task and
+    stored patch size."""
+    if "solvable" in row:
+        return row
+    patch = cell["config"]["model"]["patch_size"]
+    return {**row, "solvable": solvable(cell["task"], row["eval_height"] // patch, row["eval_width"] // patch)}
 
 
 def _pick(cls, raw: dict):
@@ -161,10 +174,12 @@ def _pick(cls, raw: dict):
 
 
 def metric_rows(cells: Iterable[CellRecord]) -> list[dict]:
-    """metrics.csv's rows: one per (ok cell, eval size), sorted by variant, seed, height, width."""
-    rows = [{"variant": cell.variant, "base_variant": cell.base_variant, "seed": cell.seed, **row.to_json()}
+    """metrics.csv's rows: one per (ok cell, eval size), sorted by variant, task, seed, height,
+    width. The per-image hits stay in the cell files."""
+    rows = [{"variant": cell.variant, "base_variant": cell.base_variant, "task": cell.task, "seed": cell.seed,
+             **dataclasses.asdict(row.point), "accuracy": row.score.accuracy, "loss": row.score.loss}
             for cell in cells if cell.status == "ok" for row in cell.eval]
-    return sorted(rows, key=lambda r: (r["variant"], r["seed"], r["eval_height"], r["eval_width"]))
+    return sorted(rows, key=lambda r: (r["variant"], r["task"], r["seed"], r["eval_height"], r["eval_width"]))
 
 
 def differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -269,15 +284,20 @@ class Store:
 
     # ---- cells -------------------------------------------------------------------------------
 
-    def cell_path(self, label: str, seed: int) -> Path:
-        return self.cells_dir / f"{cell_name(label, seed)}.json"
+    def cell_path(self, label: str, task: str, seed: int) -> Path:
+        return self.cells_dir / f"{cell_name(label, task, seed)}.json"
 
-    def checkpoint_path(self, label: str, seed: int) -> Path:
-        return self.checkpoints_dir / f"{cell_name(label, seed)}.pt"
+    def checkpoint_path(self, label: str, task: str, seed: int) -> Path:
+        return self.checkpoints_dir / f"{cell_name(label, task, seed)}.pt"
 
-    def read_cell(self, label: str, seed: int) -> CellRecord | None:
-        path = self.cell_path(label, seed)
-        return _read_cell(path) if path.exists() else None
+    def read_cell(self, label: str, task: str, seed: int) -> CellRecord | None:
+        path = self.cell_path(label, task, seed)
+        if path.exists():
+            return _read_cell(path)
+        # A folder from before tasks were an axis names its cells without the task.
+        legacy = self.cells_dir / f"{label}__{seed}.json"
+        cell = _read_cell(legacy) if legacy.exists() else None
+        return cell if cell is not None and cell.task == task else None
 
     def cells(self) -> dict[str, CellRecord]:
         """Every finished cell, by file name (temporary files of writes in flight are ignored)."""
@@ -287,15 +307,15 @@ class Store:
                 if not path.name.startswith(".")}
 
     def write_cell(self, cell: CellRecord) -> Path:
-        path = self.cell_path(cell.variant, cell.seed)
+        path = self.cell_path(cell.variant, cell.task, cell.seed)
         atomic_write(path, json.dumps(cell.to_json(), indent=1, allow_nan=True).encode())
-        self.checkpoint_path(cell.variant, cell.seed).unlink(missing_ok=True)
+        self.checkpoint_path(cell.variant, cell.task, cell.seed).unlink(missing_ok=True)
         return path
 
     @contextmanager
-    def claim(self, label: str, seed: int) -> Iterator[bool]:
+    def claim(self, label: str, task: str, seed: int) -> Iterator[bool]:
         """Yield True while this process holds the cell's lock, False if another process does."""
-        with self._lock(self.locks_dir / f"{cell_name(label, seed)}.lock", wait=False) as held:
+        with self._lock(self.locks_dir / f"{cell_name(label, task, seed)}.lock", wait=False) as held:
             yield held
 
     # ---- the run's config --------------------------------------------------------------------
@@ -331,13 +351,13 @@ class Store:
 
     # ---- checkpoints -------------------------------------------------------------------------
 
-    def save_checkpoint(self, label: str, seed: int, state: dict) -> None:
+    def save_checkpoint(self, label: str, task: str, seed: int, state: dict) -> None:
         buffer = io.BytesIO()
         torch.save(state, buffer)
-        atomic_write(self.checkpoint_path(label, seed), buffer.getvalue())
+        atomic_write(self.checkpoint_path(label, task, seed), buffer.getvalue())
 
-    def load_checkpoint(self, label: str, seed: int) -> dict | None:
-        path = self.checkpoint_path(label, seed)
+    def load_checkpoint(self, label: str, task: str, seed: int) -> dict | None:
+        path = self.checkpoint_path(label, task, seed)
         if not path.exists():
             return None
         try:

@@ -79,6 +79,15 @@ CASES = {
     "unknown-dataset": ({"name: synthetic": "name: imagenet"}, [],
                         "data.name: expected one of 'synthetic', 'imagefolder', 'cifar10', 'cifar100', got 'imagenet' "
                         "(string) (did you mean 'imagefolder'?)"),
+    "unknown-task": ({"task: abs_position": "task: [abs_position, abs_postion]"}, [],
+                     "data.task[1]: expected one of 'abs_position', 'rel_position', 'control', got 'abs_postion' "
+                     "(string) (did you mean 'abs_position'?)"),
+    "no-tasks": ({"task: abs_position": "task: []"}, [], "data.task: is empty; list at least one task"),
+    "repeated-task": ({"task: abs_position": "task: [control, rel_position, control]"}, [],
+                      "data.task: tasks repeat: ['control', 'rel_position', 'control']"),
+    "tasks-of-real-data": ({SYNTHETIC: "name: cifar10, root: {tmp}/empty, task: [abs_position, control]"}, [],
+                           "data.task: lists tasks, which only synthetic data has; dataset 'cifar10' has one task, "
+                           "its own labels"),
     "unknown-pool": ({"heads: 2}": "heads: 2, pool: max}"}, [],
                      "model.pool: expected one of 'mean', 'map', 'cls', got 'max' (string) (did you mean 'map'?)"),
     "unknown-baseline": ({"seeds: [0, 1]": "seeds: [0, 1]\nbaseline: vit_1d_interp"}, [],
@@ -270,6 +279,9 @@ def accepts(tp, value) -> bool:
         return isinstance(value, dict)
     if typing.get_origin(tp) is list:
         return isinstance(value, list) and all(accepts(typing.get_args(tp)[0], v) for v in value)
+    if typing.get_origin(tp) is dict:
+        key, item = typing.get_args(tp)
+        return isinstance(value, dict) and all(accepts(key, k) and accepts(item, v) for k, v in value.items())
     if tp is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int:

@@ -55,8 +55,8 @@ def test_unknown_key_suggests_the_closest_valid_one(tmp_path):
 
 
 @pytest.mark.parametrize("old, new, key, expected", [
-    ("steps: 4", "steps: four", "train.steps", "expected an integer, got 'four' (string)"),
-    ("steps: 4", "steps: true", "train.steps", "expected an integer, got True (boolean)"),
+    ("steps: 4", "steps: four", "train.steps", "expected an integer or a mapping, got 'four' (string)"),
+    ("steps: 4", "steps: true", "train.steps", "expected an integer or a mapping, got True (boolean)"),
     ("dim: 32", "dim: 32.0", "model.dim", "expected an integer"),
     ("seeds: [0]", "seeds: 0", "seeds", "expected a list"),
     ("sides: [8,", "sides: [x,", "eval.grid.sides[0]", "expected an integer"),
@@ -109,9 +109,21 @@ def test_every_choice_is_a_literal_that_lists_the_valid_values(section, key, cho
 def test_the_schema_uses_literal_choices():
     names = {(section.__name__, key) for section, key, _ in literal_fields()}
     assert {("ModelConfig", "pool"), ("ModelConfig", "attention"), ("TrainConfig", "schedule"),
-            ("TrainConfig", "optimizer"), ("Experiment", "device"), ("DataConfig", "name"), ("DataConfig", "task"),
+            ("TrainConfig", "optimizer"), ("Experiment", "device"), ("DataConfig", "name"),
             ("ResolutionConfig", "mode"), ("ResolutionConfig", "distribution"), ("DropConfig", "kind")} <= names
     assert "cls" in dict(((s.__name__, k), c) for s, k, c in literal_fields())[("ModelConfig", "pool")]
+
+
+def test_data_task_is_one_task_or_a_list_of_them(tmp_path):
+    """One schema field: a task name (a single-task experiment, as before) or a list of names."""
+    assert load(tmp_path).data.tasks == ("abs_position",)
+    both = load(tmp_path, **{"name: synthetic,": "name: synthetic, task: [control, rel_position],"})
+    assert both.data.task == ["control", "rel_position"] and both.data.tasks == ("control", "rel_position")
+    assert error_of(tmp_path, **{"name: synthetic,": "name: synthetic, task: contrl,"}).startswith(
+        "data.task: expected one of 'abs_position', 'rel_position', 'control', got 'contrl' (string) (did you "
+        "mean 'control'?)")
+    assert error_of(tmp_path, **{"name: synthetic,": "name: synthetic, task: 3,"}) == (
+        "data.task: expected one of 'abs_position', 'rel_position', 'control' or a list, got 3 (integer)")
 
 
 @pytest.mark.parametrize("make, message", [
@@ -125,11 +137,23 @@ def test_the_schema_uses_literal_choices():
     (lambda: TrainConfig(beta1=1.0), "beta1: must be in [0, 1), got 1.0"),
     (lambda: ResolutionConfig(min_side=64, max_side=32), "min_side: 64 is more than max_side=32"),
     (lambda: TrainConfig(steps=4, warmup_steps=5), "warmup_steps: 5 is more than steps=4"),
+    (lambda: TrainConfig(steps={"control": 0}), "steps.control: must be positive, got 0"),
+    (lambda: TrainConfig(steps={"control": 4}, warmup_steps=5), "warmup_steps: 5 is more than steps.control=4"),
+    (lambda: TrainConfig(steps={}), "steps: is an empty mapping; give an integer or each task's steps"),
 ])
 def test_model_train_and_data_sections_word_their_checks_alike(make, message):
     with pytest.raises(ConfigError) as caught:
         make()
     assert str(caught.value) == message
+
+
+def test_train_steps_is_an_integer_or_a_mapping_of_tasks(tmp_path):
+    experiment = load(tmp_path, **{"steps: 4,": "steps: {abs_position: 6, control: 3},"})
+    assert experiment.train.steps == {"abs_position": 6, "control": 3}
+    assert experiment.train.steps_for("control") == 3 and experiment.train.for_task("control").steps == 3
+    assert error_of(tmp_path, **{"steps: 4,": "steps: {abs_positon: 6},"}).startswith("train.steps")
+    assert "abs_positon" in error_of(tmp_path, **{"steps: 4,": "steps: {abs_positon: 6},"})
+    assert error_of(tmp_path, **{"steps: 4,": "steps: {control: many},"}).startswith("train.steps.control: ")
 
 
 def test_variant_entries_are_parsed_not_resolved(tmp_path):

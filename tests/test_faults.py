@@ -101,12 +101,14 @@ def test_sigkill_while_a_cell_file_is_written(reference, tmp_path):
                           cwd=REPO, capture_output=True, timeout=120)
     assert done.returncode == -signal.SIGKILL
     [partial] = (out / "cells").iterdir()
-    assert partial.name.startswith(".nope__0.json.") and partial.name.endswith(".tmp")
+    assert partial.name.startswith(".nope__abs_position__0.json.") and partial.name.endswith(".tmp")
     with pytest.raises(ValueError):
         json.loads(partial.read_text())
     store = Store(out)
-    assert store.cells() == {} and store.read_cell("nope", 0) is None, "a half-written file is not a result"
-    assert store.load_checkpoint("nope", 0)["state"]["step"] == 30, "its training was saved before evaluation"
+    assert store.cells() == {} and store.read_cell("nope", "abs_position", 0) is None, \
+        "a half-written file is not a result"
+    assert store.load_checkpoint("nope", "abs_position", 0)["state"]["step"] == 30, \
+        "its training was saved before evaluation"
     assert_completes_like(finished, config, out)
 
 
@@ -126,7 +128,7 @@ def test_ctrl_c_saves_progress_and_prints_the_resume_command(reference, run_all,
     assert stopped, stderr[-500:]
     store = Store(out)
     assert store.cells() == {}
-    assert store.load_checkpoint("nope", 0)["state"]["step"] == int(stopped[1]) >= 4
+    assert store.load_checkpoint("nope", "abs_position", 0)["state"]["step"] == int(stopped[1]) >= 4
     assert main(shlex.split(resume)[2:]) == 0, "the printed command resumes the run"
     assert (out / "metrics.csv").read_text() == (finished / "metrics.csv").read_text()
 
@@ -137,10 +139,11 @@ def test_a_failed_write_keeps_the_previous_state_and_names_the_path(reference, t
     config, finished = reference
     out = tmp_path / "out"
     # The previous state: every cell but the last one of the plan, and their metrics.csv.
-    shutil.copytree(finished / "cells", out / "cells", ignore=shutil.ignore_patterns("rope_axial__1.json"))
+    shutil.copytree(finished / "cells", out / "cells",
+                    ignore=shutil.ignore_patterns("rope_axial__abs_position__1.json"))
     Store(out).rebuild_metrics()
     before = {p.name: p.read_bytes() for p in [*(out / "cells").iterdir(), out / "metrics.csv"]}
-    target = out / "cells" / "rope_axial__1.json" if failing == "cell" else out / "metrics.csv"
+    target = out / "cells" / "rope_axial__abs_position__1.json" if failing == "cell" else out / "metrics.csv"
     fsync = os.fsync
 
     def disk_full(fd):  # the store fsyncs every temporary file before renaming it over its target
@@ -156,9 +159,10 @@ def test_a_failed_write_keeps_the_previous_state_and_names_the_path(reference, t
     after = {p.name: p.read_bytes() for p in [*(out / "cells").iterdir(), out / "metrics.csv"]}
     if failing == "cell":
         assert after == before
-        assert Store(out).load_checkpoint("rope_axial", 1)["state"]["step"] == 30, "the training is kept"
+        assert Store(out).load_checkpoint("rope_axial", "abs_position", 1)["state"]["step"] == 30, \
+            "the training is kept"
     else:  # the new cell is stored; metrics.csv stays the previous version until the next rebuild
-        assert after.pop("rope_axial__1.json") and after == before
+        assert after.pop("rope_axial__abs_position__1.json") and after == before
     assert not list(out.rglob("*.tmp")), "the failed write left no temporary file"
     monkeypatch.undo()  # space is freed
     assert_completes_like(finished, config, out)

@@ -46,7 +46,7 @@ def error_of(tmp_path, text=BASE, world_size=1, **replace) -> ConfigError:
 
 def test_the_plan_derives_every_cell_once(tmp_path):
     plan = plan_of(tmp_path, **{"seeds: [0]": "seeds: [0, 1]"})
-    assert [c.name for c in plan.cells()] == [f"{v}__{s}" for s in (0, 1) for v in
+    assert [c.name for c in plan.cells()] == [f"{v}__abs_position__{s}" for s in (0, 1) for v in
                                              ("nope", "pix2struct_2d", "factorized_abs_learned", "vit_1d_interp")]
     assert plan.sizes == tuple(dict.fromkeys(plan.sizes)), "the grid is deduplicated"
     cell = plan.cells()[5]
@@ -56,13 +56,56 @@ def test_the_plan_derives_every_cell_once(tmp_path):
     assert dataclasses.astuple(variant.train_resolution) == ("navit", 16, 32, 24)
     assert variant.identity == {"base_variant": "pix2struct_2d", "options": variant.spec.options,
                                 "resolution": dataclasses.asdict(variant.resolution)}
-    assert [p.size for p in variant.eval_points] == list(plan.sizes)
-    square = {p.side: p for p in variant.eval_points if p.eval_height == p.eval_width}
+    assert cell.eval_points is variant.eval_points["abs_position"]
+    assert [p.size for p in cell.eval_points] == list(plan.sizes)
+    square = {p.side: p for p in cell.eval_points if p.eval_height == p.eval_width}
     assert [(s, p.train_range, p.in_train_range, p.at_train_res) for s, p in sorted(square.items())] == [
         (8, "below", False, False), (16, "in", True, False), (24, "in", True, True), (32, "in", True, False),
         (64, "above", False, False)]
-    wide = next(p for p in variant.eval_points if p.size == (48, 88))
+    wide = next(p for p in cell.eval_points if p.size == (48, 88))
     assert (wide.aspect, wide.side, wide.num_tokens) == (88 / 48, 65, 6 * 11)
+
+
+def test_tasks_are_an_axis_of_the_cells_and_the_eval_points(tmp_path):
+    plan = plan_of(tmp_path, **{"name: synthetic,": "name: synthetic, task: [abs_position, rel_position, control],"})
+    assert plan.tasks == ("abs_position", "rel_position", "control")
+    assert [c.name for c in plan.cells(["nope"], [0, 1])] == [
+        f"nope__{task}__{seed}" for seed in (0, 1) for task in plan.tasks], "seed-major, then task by task"
+    cell = plan.cells(["pix2struct_2d"], [0])[1]
+    assert cell.task == "rel_position" and cell.eval_points is plan.variant("pix2struct_2d").eval_points["rel_position"]
+    # patch 8: squares of 8, 16, 24 px are 1x1, 2x2, 3x3 patches; 32x16 (side 24 at 1:2) is 4 rows x 2 columns
+    solvable = {task: {p.size: p.solvable for p in plan.variant("nope").eval_points[task]} for task in plan.tasks}
+    assert [solvable["abs_position"][s, s] for s in (8, 16, 24, 32)] == [False, False, True, True]
+    assert [solvable["rel_position"][s, s] for s in (8, 16, 24, 32)] == [False, True, True, True]
+    assert all(solvable["control"].values()), "the control shape needs no position: every grid counts"
+    assert (solvable["abs_position"][32, 16], solvable["rel_position"][32, 16]) == (False, True)
+    others = {k: v for k, v in dataclasses.asdict(plan.variant("nope").eval_points["control"][0]).items()
+              if k != "solvable"}
+    assert all({k: v for k, v in dataclasses.asdict(p[0]).items() if k != "solvable"} == others
+               for p in plan.variant("nope").eval_points.values()), "the task changes nothing else of a point"
+    single = plan_of(tmp_path)
+    assert single.tasks == ("abs_position",), "a single task plans as before"
+    real = plan_of(tmp_path, **{"name: synthetic,": "name: cifar10, root: /data,"})
+    assert real.tasks == ("cifar10",) and all(p.solvable for p in real.variant("nope").eval_points["cifar10"])
+
+
+def test_train_steps_may_be_given_per_task_and_each_cell_trains_its_tasks(tmp_path):
+    three = "name: synthetic, task: [abs_position, rel_position, control],"
+    plan = plan_of(tmp_path, **{"name: synthetic,": three,
+                                "steps: 4,": "steps: {abs_position: 6, rel_position: 4, control: 3}, warmup_steps: 2,"})
+    assert {c.task: c.train.steps for c in plan.cells()} == {"abs_position": 6, "rel_position": 4, "control": 3}
+    assert all(dataclasses.replace(c.train, steps=plan.experiment.train.steps) == plan.experiment.train
+               for c in plan.cells()), "only the steps differ between tasks"
+    single = plan_of(tmp_path)
+    assert single.experiment.train.steps == 4 and [c.train.steps for c in single.cells()] == [4] * 4
+    assert plan.config_hash != plan_of(tmp_path, **{"name: synthetic,": three}).config_hash
+    assert str(error_of(tmp_path, **{"name: synthetic,": three, "steps: 4,": "steps: {abs_position: 6, control: 3},"})) \
+        == "train.steps: gives no steps for task 'rel_position' of data.task; list every task"
+    assert str(error_of(tmp_path, **{"steps: 4,": "steps: {abs_position: 6, control: 3},"})) == \
+        "train.steps.control: is not a task of data.task ['abs_position']"
+    assert str(error_of(tmp_path, **{"name: synthetic,": "name: cifar10, root: /data,",
+                                     "steps: 4,": "steps: {abs_position: 6},"})).startswith(
+        "train.steps: is a mapping per task, which only synthetic data has; dataset 'cifar10'")
 
 
 def test_every_option_is_spelled_out_and_the_experiment_is_left_as_loaded(tmp_path):
@@ -235,7 +278,8 @@ def test_shipped_quick_experiment_keeps_its_hash():
 def test_cells_select_and_shard(tmp_path):
     plan = plan_of(tmp_path, **{"seeds: [0]": "seeds: [0, 1, 2]"})
     assert [c.name for c in plan.cells(["vit_1d_interp", "nope"], [5, 1])] == [
-        "nope__5", "vit_1d_interp__5", "nope__1", "vit_1d_interp__1"]
+        "nope__abs_position__5", "vit_1d_interp__abs_position__5", "nope__abs_position__1",
+        "vit_1d_interp__abs_position__1"]
     every = {c.name for c in plan.cells()}
     for count in (1, 2, 3, 5, 7, 20):
         shards = [plan.cells(shard=(index, count)) for index in range(count)]
@@ -257,8 +301,15 @@ def test_shipped_experiments_plan_and_cover_the_issue():
     assert quick.baseline == "vit_1d_interp"
 
     default = make_plan(load_experiment(EXPERIMENTS / "default.yaml"))
-    assert {v.spec.name for v in default.variants} == all_variants
+    full = make_plan(load_experiment(EXPERIMENTS / "full.yaml"))
+    assert {v.spec.name for v in full.variants} == all_variants
+    assert {v.spec.label for v in default.variants} < {v.spec.label for v in full.variants}
+    families = [variant_class(v.spec.name).family for v in default.variants]
+    assert sorted(families) == sorted({variant_class(v).family for v in all_variants}), "one variant per family"
+    assert full.config_hash == default.config_hash, "full.yaml extends a default results folder"
+    assert full.identities.items() >= default.identities.items()
     assert len(default.experiment.seeds) == 3
+    assert default.tasks == ("abs_position", "rel_position", "control") and default.experiment.data.test_size >= 512
     assert {v.spec.options.get("combine", "sum") for v in default.variants} == {"sum"}   # one entry each
     combine_modes = make_plan(load_experiment(EXPERIMENTS / "combine_modes.yaml"))
     for name in ("factorized_abs_learned", "factorized_abs_sincos"):

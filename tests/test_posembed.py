@@ -149,6 +149,8 @@ def test_tables_are_sized_by_their_grid_defaults_hook():
             assert hook == {"max_offset": 5}, variant
         elif "reference_grid" in variant_options(variant):   # Swin V2's pretraining window
             assert hook == {"reference_grid": 6}, variant
+        elif "table_size" in variant_options(variant):   # a fractional table: a row per training patch
+            assert hook == {"table_size": 6}, variant
         else:
             assert hook == {}, f"{variant}: the base class's, nothing depends on the grids"
 

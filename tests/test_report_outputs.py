@@ -25,6 +25,7 @@ from bench.report.figures import REGISTRY
 from bench.report.latex import latex_table
 from bench.report.document import Table
 from bench.report.readme import END, START
+from bench.store import Store
 from test_report import CONFIG, ENV, PROFILES, make_store
 
 LABELS = ("vit_1d_interp", "factorized_abs_learned", "factorized_abs_learned+stack", "rope_axial")
@@ -78,8 +79,8 @@ def numbers(cell: str) -> list[float]:
 
 
 def test_summary_tex_is_booktabs_with_the_summary_csv_numbers(small):
-    spec, header, rows = parse_booktabs((small / "summary.tex").read_text())
-    assert spec == "llrr" + "r" * 6  # text left, every number right-aligned
+    spec, header, rows = parse_booktabs((small / "summary__abs_position.tex").read_text())
+    assert spec == "llrr" + "r" * 7 + "l"  # text left, every number right-aligned
     assert header[:2] == ["#", "variant"] and "whole grid" in header
     summary = pd.read_csv(small / "summary.csv").set_index("title")
     assert [r[1] for r in rows] == list(summary.index)  # same variants, same ranking
@@ -91,18 +92,20 @@ def test_summary_tex_is_booktabs_with_the_summary_csv_numbers(small):
             expected += [100 * max(s["grid_ci95_low"], 0), 100 * min(s["grid_ci95_high"], 1)]
         assert numbers(row[grid]) == pytest.approx(expected, abs=0.05)
         assert row[2] == f"{int(s['param_count']):,}"
-    assert (small / "summary.tex").read_text().isascii()
+    assert (small / "summary__abs_position.tex").read_text().isascii()
 
 
 def test_paired_tex_has_the_paired_csv_differences(small):
-    _, header, rows = parse_booktabs((small / "paired_vs_baseline.tex").read_text())
+    _, header, rows = parse_booktabs((small / "paired_vs_baseline__abs_position.tex").read_text())
     assert header[1] == "Δ at training res."
     paired = pd.read_csv(small / "paired_vs_baseline.csv").set_index("title")
     col = header.index("Δ whole grid")
     for row in rows:
         p = paired.loc[row[0]]
-        mean, std = numbers(row[col])[:2]
-        assert (mean, std) == pytest.approx((100 * p["grid_diff_mean"], 100 * p["grid_diff_std"]), abs=0.05)
+        expected = [p["grid_diff_mean"], p["grid_diff_ci95_low"], p["grid_diff_ci95_high"]]
+        if math.isnan(expected[1]):   # 2 seeds: no interval, the std
+            expected = [p["grid_diff_mean"], p["grid_diff_std"]]
+        assert numbers(row[col]) == pytest.approx([100 * x for x in expected], abs=0.05)
 
 
 def test_latex_escapes_specials_and_code():
@@ -121,16 +124,16 @@ def test_per_seed_table_holds_each_cells_own_numbers(small):
     failed = table[(table["variant"] == "rope_axial") & (table["seed"] == 1)].iloc[0]
     assert failed["status"] == "failed" and math.isnan(failed["grid_accuracy"])
     for r in table[table["status"] == "ok"].itertuples():
-        rows = metrics[(metrics["variant"] == r.variant) & (metrics["seed"] == r.seed)]
+        rows = metrics[(metrics["variant"] == r.variant) & (metrics["seed"] == r.seed) & metrics["solvable"]]
         assert r.grid_accuracy == pytest.approx(rows["accuracy"].mean(), abs=1e-12)
         above = rows[rows["train_range"] == "above"]["accuracy"].mean()
         assert r.above_accuracy == pytest.approx(above, abs=1e-12)
         assert r.train_res_accuracy == pytest.approx(rows[rows["at_train_res"]]["accuracy"].mean(), abs=1e-12)
     md = (small / "report.md").read_text().split("## Per seed")[1].split("\n## ")[0]
     first = table.iloc[0]
-    assert (f"| {first['title']} | {first['seed']} | 1.000 | {100 * first['train_res_accuracy']:.1f} | "
-            f"{100 * first['grid_accuracy']:.1f} |") in md
-    assert "| RoPE axial | 1 | failed |" in md
+    assert (f"| {first['title']} | abs_position | {first['seed']} | 1.000 | yes | "
+            f"{100 * first['train_res_accuracy']:.1f} | {100 * first['grid_accuracy']:.1f} |") in md
+    assert "| RoPE axial | abs_position | 1 | failed |" in md
 
 
 def test_navit_fig10a_csv_is_in_percent(small):
@@ -155,7 +158,7 @@ def test_chance_is_each_records_num_classes_derived_for_older_cells(tmp_path):
     out = small_store(tmp_path, labels=("rope_axial",), seeds=(0,))
     results = load_results(out)
     assert results.cells["num_classes"].tolist() == [9] and (results.metrics["chance"] == 1 / 9).all()
-    path = out / "cells" / "rope_axial__0.json"
+    path = out / "cells" / "rope_axial__abs_position__0.json"
     cell = json.loads(path.read_text())
     path.write_text(json.dumps({**cell, "num_classes": 7}))   # the record's own count wins
     assert (load_results(out).metrics["chance"] == 1 / 7).all()
@@ -163,9 +166,11 @@ def test_chance_is_each_records_num_classes_derived_for_older_cells(tmp_path):
     expected = {"abs_position": 9, "rel_position": 4, "control": 4}
     for task, n in expected.items():
         path.write_text(json.dumps({**older, "config": {**older["config"], "data": {"name": "synthetic", "task": task}}}))
+        Store(out).rebuild_metrics()   # its rows carry the task
         cells = load_results(out).cells
         assert cells[["task", "num_classes"]].values.tolist() == [[task, n]] and n == len(CLASS_NAMES[task])
     path.write_text(json.dumps({**older, "config": {**older["config"], "data": {"name": "imagefolder", "root": "x"}}}))
+    Store(out).rebuild_metrics()
     results = load_results(out)
     assert results.cells["task"].tolist() == ["imagefolder"] and results.cells["num_classes"].isna().all()
     assert results.metrics["chance"].isna().all()
@@ -228,7 +233,7 @@ def test_every_figure_and_table_uses_display_names(small):
     md = (small / "report.md").read_text()
     tables = md.split("## Findings")[1].split("## Figures")[0].split("## Summary", 1)[1]
     assert "Factorized abs. learned (stack)" in tables and "`factorized_abs_learned+stack`" not in tables
-    svg = (small / "figures" / "accuracy_vs_side.svg").read_text()
+    svg = (small / "figures" / "accuracy_vs_side__abs_position.svg").read_text()
     assert "learned (stack)" in svg and "factorized_abs" not in svg
     assert "Factorized absolute" in svg  # the family's title, whole
 
@@ -240,12 +245,12 @@ def test_figures_are_numbered_by_the_registry_in_three_formats(small):
     stems = [s.stem for s in REGISTRY]
     assert len(set(stems)) == len(stems)
     for number, spec in enumerate(REGISTRY, 1):
-        assert f"![Figure {number}](figures/{spec.stem}.png)" in md
+        assert f"![Figure {number}](figures/{spec.stem}__abs_position.png)" in md
         for fmt in ("png", "pdf", "svg"):
-            assert (small / "figures" / f"{spec.stem}.{fmt}").stat().st_size > 1000
-        svg = (small / "figures" / f"{spec.stem}.svg").read_text()
+            assert (small / "figures" / f"{spec.stem}__abs_position.{fmt}").stat().st_size > 1000
+        svg = (small / "figures" / f"{spec.stem}__abs_position.svg").read_text()
         assert "Task: abs_position (9 classes, chance 11.1%)" in svg
-    captions = re.findall(r"^\*Figure \d+\. (.+)\*$", md, re.M)
+    captions = re.findall(r"^\*Figure \d+ \(abs_position\)\. (.+)\*$", md, re.M)
     assert len(captions) == len(REGISTRY) and all("abs_position" in c for c in captions)
 
 
@@ -270,10 +275,10 @@ def test_smoke_banner_from_the_config_key(tmp_path):
     md = (out / "report.md").read_text()
     assert md.startswith("# NaViT Bench report\n\n> **Smoke run: do not cite.** ")
     assert '<div class="note"><strong>Smoke run: do not cite.</strong>' in (out / "report.html").read_text()
-    assert "SMOKE RUN: not converged, do not cite." in (out / "figures" / "ranking.svg").read_text()
+    assert "SMOKE RUN: not converged, do not cite." in (out / "figures" / "ranking__abs_position.svg").read_text()
     write_report(out, CONFIG, ENV)
     assert "Smoke run" not in (out / "report.md").read_text()
-    assert "SMOKE RUN" not in (out / "figures" / "ranking.svg").read_text()
+    assert "SMOKE RUN" not in (out / "figures" / "ranking__abs_position.svg").read_text()
     for path in (out / "cells").glob("*.json"):  # rebuilt from the folder alone: the cells' config
         cell = json.loads(path.read_text())
         path.write_text(json.dumps({**cell, "config": {**cell["config"], "smoke": True}}))
@@ -310,14 +315,14 @@ def test_provenance_without_run_json_uses_the_cells(small):
 
 def test_redraw_without_readme_uses_the_cells_config(small, tmp_path, monkeypatch):
     out = shutil.copytree(small, tmp_path / "run")
-    for name in ("report.md", "summary.tex", "figures/ranking.svg"):
+    for name in ("report.md", "summary__abs_position.tex", "figures/ranking__abs_position.svg"):
         (out / name).unlink()
     monkeypatch.chdir(tmp_path)
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold\n{END}\n")
     assert cli_main(["--out", str(out)]) == 0
     assert readme.read_text() == f"intro\n{START}\nold\n{END}\n"
-    for name in ("report.md", "summary.tex", "figures/ranking.svg"):
+    for name in ("report.md", "summary__abs_position.tex", "figures/ranking__abs_position.svg"):
         assert (out / name).is_file()
     md = (out / "report.md").read_text()
     config = md.split("## Experiment config")[1].split("\n## ")[0]
@@ -359,7 +364,7 @@ def two_runs(tmp_path):
     b = small_store(tmp_path / "B", labels=("vit_1d_interp", "rope_axial"), seeds=(0, 1, 2, 3),
                     failed={("rope_axial", 2)},
                     accuracy=lambda l, s, h, w: _base(l, s, h, w) + (0.05 if l == "rope_axial" else 0))
-    (b / "cells" / "rope_axial__3.json").unlink()
+    (b / "cells" / "rope_axial__abs_position__3.json").unlink()
     metrics = pd.read_csv(b / "metrics.csv")
     drop = (metrics["variant"] == "rope_axial") & (metrics["seed"] == 3)
     drop |= (metrics["variant"] == "vit_1d_interp") & (metrics["seed"] == 0) & (metrics["eval_height"] == 128) \
@@ -394,9 +399,9 @@ def test_compare_pairs_matching_cells_and_lists_the_rest(two_runs, tmp_path, cap
     }
     md = (out / "compare.md").read_text()
     assert printed == md
-    assert "| RoPE axial | 2 |" in md and "+5.0 ± 0.0 (2/2 +)" in md and "| only in A |" in md
+    assert "| RoPE axial | abs_position | 2 |" in md and "+5.0 ± 0.0 (2/2 +)" in md and "| only in A |" in md
     for fmt in ("png", "pdf", "svg"):
-        assert (out / f"compare.{fmt}").stat().st_size > 1000
+        assert (out / f"compare__abs_position.{fmt}").stat().st_size > 1000
 
 
 def test_compare_default_folder_is_inside_b(two_runs):

@@ -19,6 +19,7 @@ from bench import posembed, runner, runtime
 from bench.cli import main
 from bench.config import VariantSpec, load_experiment
 from bench.data import TrainBatches, build_source
+from bench.evaluate import EvalSet, evaluate
 from bench.plan import make_plan
 from bench.runtime import Interrupted, Ranks, git_commit
 from bench.store import METRICS_COLUMNS, Store
@@ -35,8 +36,8 @@ train: {steps: 8, tokens_per_batch: 128, max_seq_len: 64, lr: 0.003, warmup_step
         resolution: {mode: navit, min_side: 16, max_side: 24}}
 eval: {grid: {sides: [8, 16, 24, 48], aspects: [0.5, 1.0]}, tokens_per_batch: 1024, max_seq_len: 64}
 """
-CELLS = ["factorized_abs_learned+stack__0", "factorized_abs_learned+stack__1", "nope__0", "nope__1",
-         "rope_axial__0", "rope_axial__1"]
+CELLS = ["factorized_abs_learned+stack__abs_position__0", "factorized_abs_learned+stack__abs_position__1",
+         "nope__abs_position__0", "nope__abs_position__1", "rope_axial__abs_position__0", "rope_axial__abs_position__1"]
 
 
 def write_config(folder: Path, text: str = TINY, **replace) -> Path:
@@ -80,7 +81,9 @@ def test_run_writes_the_results_store(finished):
         assert cell.param_count == sum(p.numel() for p in build_cell_model(
             plan.experiment.model, variant.spec, 9, 3, 0).parameters())
         assert cell.steps == 8 and len(cell.train_losses) == 8 and cell.train_time_s > 0
-        assert [row.point for row in cell.eval] == list(variant.eval_points)
+        assert [row.point for row in cell.eval] == list(variant.eval_points["abs_position"])
+        for row in cell.eval:   # which of the 24 test scenes were right, as bits that give the accuracy
+            assert row.score.hits.count == 24 and row.score.hits.array().mean() == row.score.accuracy
         assert cell.train_resolution == variant.train_resolution and variant.train_resolution.reference_side == 16
         assert cell.config_hash == plan.config_hash and cell.config == plan.hashed_config
     # Equal budget and data order: every variant of a seed saw the very same images and tokens.
@@ -97,6 +100,59 @@ def test_run_writes_the_results_store(finished):
         ("48", "above", "False", "False")]
     assert all(0.0 <= float(r["accuracy"]) <= 1.0 and float(r["loss"]) > 0 for r in rows)
     assert (out / "report.md").exists(), "the report is written at the end of every run"
+
+
+def test_hits_are_each_test_scene_classified_alone_in_index_order(finished):
+    """evaluate() packs many scenes per batch; its hits must still be scene i's own prediction."""
+    config, _ = finished
+    plan = make_plan(load_experiment(config))
+    experiment = plan.experiment
+    source = build_source(experiment.data, "test")
+    model = build_cell_model(experiment.model, plan.variant("rope_axial").spec, 9, 3, 0).eval()
+    sizes = [(16, 16), (8, 16)]
+    scores = evaluate(model, EvalSet(source, 4, experiment.eval, keep=False), sizes, torch.device("cpu"),
+                      show_progress=False)
+    for size, score in zip(sizes, scores):
+        alone = []
+        with torch.no_grad():
+            for i in range(len(source)):
+                image, label = source.load(i, size)
+                alone.append(int(model([image]).argmax(-1)) == label)
+        assert score.hits.array().tolist() == alone and score.accuracy == sum(alone) / len(alone)
+
+
+def test_two_tasks_run_as_one_experiment_through_the_cli(tmp_path):
+    """The task axis end to end: plan -> cells -> metrics.csv -> report, in a real process."""
+    edits = {"task: abs_position": "task: [abs_position, control]", "seeds: [0, 1]": "seeds: [0]",
+             "{name: factorized_abs_learned, combine: stack}, ": "", "steps: 8": "steps: {abs_position: 8, control: 5}"}
+    config = write_config(tmp_path, **edits)
+    out = tmp_path / "out"
+    done = run_cli("--config", config, "--out", out, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    cells = Store(out).cells()
+    assert sorted(cells) == ["nope__abs_position__0", "nope__control__0", "rope_axial__abs_position__0",
+                             "rope_axial__control__0"]
+    assert {(c.task, c.num_classes) for c in cells.values()} == {("abs_position", 9), ("control", 4)}
+    assert {(c.task, c.steps, len(c.train_losses)) for c in cells.values()} == {("abs_position", 8, 8),
+                                                                                ("control", 5, 5)}
+    plan = make_plan(load_experiment(config))
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 4 * len(plan.sizes) and {r["task"] for r in rows} == {"abs_position", "control"}
+    small = {(r["task"], int(r["eval_height"]), int(r["eval_width"])) for r in rows if r["solvable"] == "False"}
+    assert small == {(task, *p.size) for task in plan.tasks for p in plan.variant("nope").eval_points[task]
+                     if not p.solvable}
+    assert small and all(task == "abs_position" and min(h, w) < 3 * 4 for task, h, w in small), \
+        "only the 3x3 layout needs 3 patches a side"
+    # The tasks' scenes differ (another label set), while the runner kept each task's batches apart.
+    assert cells["nope__abs_position__0"].train_losses != cells["nope__control__0"].train_losses
+    summary = list(csv.DictReader(open(out / "summary.csv")))
+    assert {(r["task"], r["variant"]) for r in summary} == {(t, v) for t in ("abs_position", "control")
+                                                             for v in ("nope", "rope_axial")}
+    report = (out / "report.md").read_text()
+    for task in ("abs_position", "control"):
+        assert f"### Task: {task} (" in report.split("## Findings")[0], "the recommendation is per task"
+        assert (out / "figures" / f"ranking__{task}.png").is_file()
+        assert (out / f"summary__{task}.tex").is_file()
 
 
 def test_rerun_skips_finished_cells(finished, monkeypatch):
@@ -129,12 +185,12 @@ def test_resumed_training_is_bit_identical(finished, tmp_path, label):
         return model, trainer.run(model, batches)
 
     reference, reference_state = train_model()
-    checkpoints = dict(save=lambda state: store.save_checkpoint("x", 1, state),
-                       load=lambda: store.load_checkpoint("x", 1))
+    checkpoints = dict(save=lambda state: store.save_checkpoint("x", "abs_position", 1, state),
+                       load=lambda: store.load_checkpoint("x", "abs_position", 1))
     calls = []
     with pytest.raises(Interrupted):  # stop after step 5: between the checkpoints at 3 and 6
         train_model(should_stop=lambda: calls.append(1) or len(calls) == 5, **checkpoints)
-    assert store.load_checkpoint("x", 1)["state"]["step"] == 5
+    assert store.load_checkpoint("x", "abs_position", 1)["state"]["step"] == 5
     resumed, state = train_model(**checkpoints)
     assert state.losses == reference_state.losses
     assert (state.tokens_seen, state.images_seen) == (reference_state.tokens_seen, reference_state.images_seen)
@@ -169,7 +225,7 @@ def test_non_finite_loss_fails_only_that_cell(tmp_path, monkeypatch):
     out = tmp_path / "out"
     assert main(["--config", str(config), "--out", str(out)]) == 1
     cells = Store(out).cells()
-    failed, ok = cells["factorized_abs_sincos__0"], cells["nope__0"]
+    failed, ok = cells["factorized_abs_sincos__abs_position__0"], cells["nope__abs_position__0"]
     assert failed.status == "failed" and failed.reason == "train loss became nan at step 0"
     assert failed.eval == [] and failed.final_train_loss is None and ok.status == "ok"
     variants = {row["variant"] for row in csv.DictReader(open(out / "metrics.csv"))}
@@ -226,8 +282,8 @@ def test_ddp_two_processes_match_one(finished, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
-    single = Store(reference).read_cell("factorized_abs_learned+stack", 1)
-    double = Store(out).read_cell("factorized_abs_learned+stack", 1)
+    single = Store(reference).read_cell("factorized_abs_learned+stack", "abs_position", 1)
+    double = Store(out).read_cell("factorized_abs_learned+stack", "abs_position", 1)
     assert double.world_size == 2 and single.world_size == 1
     assert (double.tokens_seen, double.images_seen) == (single.tokens_seen, single.images_seen)
     assert double.train_losses == pytest.approx(single.train_losses, rel=1e-4, abs=1e-5)
@@ -268,7 +324,7 @@ def test_report_only_needs_nothing_but_the_folder(finished, tmp_path, monkeypatc
     assert (out / "metrics.csv").read_text() == (reference / "metrics.csv").read_text()
     assert all((out / name).is_file() for name in ("report.md", "report.html", "summary.csv"))
     assert (out / "run.json").read_bytes() == run, "report-only leaves the run's record alone"
-    assert capsys.readouterr().out.splitlines()[-1].startswith(f"report: {out / 'report.html'}. Over the whole grid, ")
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"report: {out / 'report.html'}. Highest whole-grid mean: ")
 
 
 def test_report_only_with_a_config_of_other_results_names_the_keys(finished, tmp_path, capsys):
@@ -320,7 +376,7 @@ def test_log_mode_prints_one_line_per_finished_cell(finished, tmp_path):
         assert re.fullmatch(rf"cell {number}/2 {label} abs_position seed 1: final loss \d+\.\d{{3}}, "
                             r"accuracy at 16x16 px \d+\.\d%, \d+\.\d s", line), line
     last = done.stdout.splitlines()[-1]
-    assert last.startswith(f"report: {out / 'report.html'}. Over the whole grid, ") and "\n" not in last
+    assert last.startswith(f"report: {out / 'report.html'}. Highest whole-grid mean: ") and "\n" not in last
 
 
 @pytest.mark.parametrize("terminal", [True, False])

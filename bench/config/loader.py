@@ -111,8 +111,9 @@ def convert(tp, value, where: str):
     if origin is Literal:
         if value in args:
             return value
-        raise ConfigError(where, f"expected one of {', '.join(map(repr, args))}, got {describe(value)}"
-                                 f"{suggest(str(value), [str(a) for a in args])}")
+        # A suggestion for a string only: one for a list would hide that its item is the culprit.
+        close = suggest(value, [str(a) for a in args]) if isinstance(value, str) else ""
+        raise ConfigError(where, f"expected one of {', '.join(map(repr, args))}, got {describe(value)}{close}")
     if tp is bool:
         if isinstance(value, bool):
             return value

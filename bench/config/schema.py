@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +38,7 @@ LABEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*")
 class DataConfig:
     """YAML section ``data``."""
     name: Dataset = "synthetic"
-    task: Task = "abs_position"         # synthetic only
+    task: Task | list[Task] = "abs_position"   # synthetic only; a list: every cell runs on each
     root: str | None = None             # imagefolder / cifar root
     test_root: str | None = None        # imagefolder: a separate test folder; else a held-out share of root
     test_fraction: float = 0.1          # imagefolder without test_root: share of each class held out for test
@@ -49,6 +49,14 @@ class DataConfig:
     aspect_range: list[float] = field(default_factory=lambda: [0.5, 2.0])  # synthetic native W / H
 
     def __post_init__(self):
+        if isinstance(self.task, list):
+            if self.name != "synthetic":
+                raise ConfigError("task", f"lists tasks, which only synthetic data has; dataset {self.name!r} "
+                                          f"has one task, its own labels")
+            if not self.task:
+                raise ConfigError("task", "is empty; list at least one task")
+            if len(set(self.task)) != len(self.task):
+                raise ConfigError("task", f"tasks repeat: {self.task}")
         if self.name != "synthetic" and not self.root:
             raise ConfigError("root", f"dataset {self.name!r} needs a root folder")
         below_one(self, "test_fraction", zero=False)
@@ -56,6 +64,11 @@ class DataConfig:
         non_negative(self, "seed")
         if len(self.aspect_range) != 2 or not 0 < self.aspect_range[0] <= self.aspect_range[1]:
             raise ConfigError("aspect_range", f"must be [low, high] with 0 < low <= high, got {self.aspect_range}")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The synthetic tasks, in the order given (one when ``task`` names one)."""
+        return tuple(self.task) if isinstance(self.task, list) else (self.task,)
 
 
 @dataclass
@@ -172,7 +185,9 @@ class VariantSpec:
 
 @dataclass
 class TrainConfig:
-    steps: int = 300
+    # An integer, or the steps of each task of data.task (every one listed): tasks learn at
+    # different speeds, and the budget is equal between variants within a task.
+    steps: int | dict[Task, int] = 300
     tokens_per_batch: int = 2048       # real tokens per optimizer step, shared by every variant
     max_seq_len: int = 256             # packed row length
     optimizer: Literal["adamw", "sgd"] = "adamw"    # beta1 is SGD's momentum
@@ -190,17 +205,33 @@ class TrainConfig:
     checkpoint_every: int = 100        # steps between mid-cell checkpoints; 0: only on Ctrl-C
 
     def __post_init__(self):
-        positive(self, "steps", "tokens_per_batch", "max_seq_len", "lr")
+        positive(self, "tokens_per_batch", "max_seq_len", "lr")
         non_negative(self, "min_lr", "warmup_steps", "weight_decay", "num_workers", "checkpoint_every")
         if self.tokens_per_batch < self.max_seq_len:
             raise ConfigError("tokens_per_batch", f"{self.tokens_per_batch} is less than one packed row "
                                                   f"(max_seq_len={self.max_seq_len})")
         at_most(self, "min_lr", "lr")
-        at_most(self, "warmup_steps", "steps")
+        steps = self.steps if isinstance(self.steps, dict) else {None: self.steps}
+        if not steps:
+            raise ConfigError("steps", "is an empty mapping; give an integer or each task's steps")
+        for task, value in steps.items():
+            key = "steps" if task is None else f"steps.{task}"
+            if not value > 0:
+                raise ConfigError(key, f"must be positive, got {value}")
+            if self.warmup_steps > value:
+                raise ConfigError("warmup_steps", f"{self.warmup_steps} is more than {key}={value}")
         below_one(self, "beta1", zero=True)
         below_one(self, "beta2", zero=True)
         if self.grad_clip is not None:
             positive(self, "grad_clip")
+
+    def steps_for(self, task: str) -> int:
+        """The steps of a cell of ``task`` (the plan has checked that a mapping lists it)."""
+        return self.steps[task] if isinstance(self.steps, dict) else self.steps
+
+    def for_task(self, task: str) -> "TrainConfig":
+        """This section with the steps of ``task``: what a cell of it trains with."""
+        return replace(self, steps=self.steps_for(task))
 
 
 @dataclass

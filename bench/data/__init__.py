@@ -13,7 +13,7 @@ from .real import CifarSource, ImageFolderSource
 from .resolution import aspect_size, budget_grid, budget_size, check_resolution, eval_sizes
 from .source import ImageSource
 from .streams import SPLITS
-from .synthetic import CLASS_NAMES, SyntheticSource
+from .synthetic import CLASS_NAMES, MIN_GRID, SyntheticSource
 
 # Bumped whenever the same config gives other images or batches (renderer, batch drawing), so a
 # results folder never mixes cells of two versions: it is part of every cell's config hash.
@@ -21,8 +21,9 @@ DATA_VERSION = 2
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
-def build_source(cfg: DataConfig, split: str) -> ImageSource:
-    """The ``split`` ("train" or "test") of the configured dataset.
+def build_source(cfg: DataConfig, split: str, task: str | None = None) -> ImageSource:
+    """The ``split`` ("train" or "test") of the configured dataset; for synthetic data, of
+    ``task``, one of the config's tasks (default: its first).
 
     Raises DataError naming the path and the key (data.root, data.test_root) when a folder is
     missing, empty or unreadable.
@@ -30,8 +31,11 @@ def build_source(cfg: DataConfig, split: str) -> ImageSource:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if cfg.name == "synthetic":
+        task = cfg.tasks[0] if task is None else task
+        if task not in cfg.tasks:
+            raise ValueError(f"task {task!r} is not one of the config's ({', '.join(cfg.tasks)})")
         size = cfg.train_size if split == "train" else cfg.test_size
-        return SyntheticSource(cfg.task, split, size, cfg.seed, cfg.aspect_range)
+        return SyntheticSource(task, split, size, cfg.seed, cfg.aspect_range)
     if cfg.name == "imagefolder":
         return ImageFolderSource(cfg.root, split, cfg.test_root, cfg.test_fraction)
     return CifarSource(cfg.name, cfg.root, split, cfg.download)
@@ -43,8 +47,20 @@ def known_num_classes(name: str, task: str) -> int | None:
     return len(CLASS_NAMES[task]) if name == "synthetic" else CIFAR_CLASSES.get(name)
 
 
+def solvable(task: str, rows: int, cols: int) -> bool:
+    """Whether a rows x cols patch grid is large enough for ``task``'s label to show at patch
+    level (MIN_GRID); a real dataset (its name is the task) needs no particular grid."""
+    need = MIN_GRID.get(task, 1)
+    return rows >= need and cols >= need
+
+
+def positional(task: str) -> bool:
+    """Whether ``task``'s label depends on position: a model without positions is at chance."""
+    return MIN_GRID.get(task, 1) > 1
+
+
 __all__ = [
     "DATA_VERSION", "CifarSource", "ImageFolderSource", "ImageSource", "SyntheticSource", "TrainBatches",
     "aspect_size", "budget_grid", "budget_size", "build_source", "check_resolution", "eval_batches", "eval_sizes",
-    "known_num_classes", "rows_per_step", "train_loader",
+    "known_num_classes", "positional", "rows_per_step", "solvable", "train_loader",
 ]

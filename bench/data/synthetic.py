@@ -74,6 +74,11 @@ CLASS_NAMES = {
     "rel_position": ["blue right of red", "blue left of red", "blue below red", "blue above red"],
     "control": list(CONTROL_SHAPES),
 }
+# Patches a grid needs along each axis for the label to show at patch level. The 3x3 layout needs
+# 3: with fewer, some third of the image has no patch of its own. Left/right needs 2 columns and
+# above/below 2 rows, and the label may be either. The control shape needs no position: 1, every
+# grid counts. A task needing more than 1 is positional: without positions a model is at chance.
+MIN_GRID = {"abs_position": 3, "rel_position": 2, "control": 1}
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 Cells are paired when they match: same task, variant label and seed, and within them the same
 eval size. Differences are B minus A, averaged per seed over each group of eval sizes (the
-groups of the summary table, as B defines them), then mean ± std over seeds, like the paired
-comparison with the baseline inside one run. What only one run has is listed, never silently
-dropped.
+groups of the summary table, as B defines them), then mean ± std over seeds and an interval
+over seeds alone (two runs need not share their test images). What only one run has is listed,
+never silently dropped.
 """
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ from ..store import atomic_write
 from .data import Results, load_results
 from .document import Heading, Paragraph, Table, markdown
 from .figstyle import RC, header, save, styles
-from .figures import draw_forest
+from .estimates import Estimate
+from .figures import draw_forest, task_stem
 from .provenance import shown_path
 from .stats import seed_stats
-from .tables import SUBSET, diff_columns, paired_table, per_seed, seeds_of
+from .tables import SUBSET, SUBSETS, diff_columns, paired_table, per_seed, seeds_of
 
 PAIR_KEYS = ["task", "variant", "seed", "eval_height", "eval_width"]
 CELL_KEYS = ["task", "variant", "seed"]
@@ -42,7 +43,8 @@ def default_folder(a: Path, b: Path) -> Path:
 
 def compare_runs(a: Path, b: Path, out: Path | None = None) -> Comparison:
     """Compare results folders ``a`` and ``b``; write compare.csv, compare_unmatched.csv,
-    compare.md and figure compare.{png,pdf,svg} into ``out`` (default: default_folder).
+    compare.md and, per task, figure compare__<task>.{png,pdf,svg} into ``out`` (default:
+    default_folder).
 
     Raises BenchError, before writing anything, when either folder is missing or not a results
     folder, when both are the same folder, or when no cell of one matches a cell of the other.
@@ -70,23 +72,30 @@ def compare_runs(a: Path, b: Path, out: Path | None = None) -> Comparison:
     atomic_write(out / f"{STEM}_unmatched.csv", unmatched.to_csv(index=False).encode("utf-8"))
     atomic_write(out / f"{STEM}.md", text.encode("utf-8"))
     with plt.rc_context(RC):
-        fig = draw_forest(table.set_index("variant"), run_b, styles(run_b),
-                          f"B minus A (percentage points): B = {names[1]}, A = {names[0]}")
-        header(fig, run_b)
-        save(fig, out, STEM)
+        for task, group in table.groupby("task", sort=False):
+            view = run_b.of_task(task)
+            fig = draw_forest(group.set_index("variant"), view, styles(run_b),
+                              f"B minus A (percentage points): B = {names[1]}, A = {names[0]}")
+            header(fig, view)
+            save(fig, out, task_stem(STEM, task))
     return Comparison(table, unmatched, text)
 
 
 def _table(pairs: pd.DataFrame, run_b: Results) -> pd.DataFrame:
+    """One row per (task, variant) with paired cells."""
     grid = SUBSET["grid"]
     a_grid, b_grid = (per_seed(pairs, grid, col) for col in ("accuracy_a", "accuracy"))
+    diffs = {s.key: per_seed(pairs, s, "diff") for s in SUBSETS}
     rows = []
-    for variant in (v for v in run_b.variants.index if v in set(pairs["variant"])):
-        a_stats, b_stats = (seed_stats(seeds_of(s, variant)) for s in (a_grid, b_grid))
-        rows.append({"variant": variant, "title": run_b.title(variant),
-                     "seeds_paired": pairs.loc[pairs["variant"] == variant, "seed"].nunique(),
-                     "a_grid_mean": a_stats.mean, "b_grid_mean": b_stats.mean,
-                     **diff_columns(pairs, variant)})
+    for task in (t for t in run_b.tasks if t in set(pairs["task"])):
+        mine = pairs[pairs["task"] == task]
+        for variant in (v for v in run_b.variants.index if v in set(mine["variant"])):
+            a_stats, b_stats = (seed_stats(seeds_of(s, variant, task=task)) for s in (a_grid, b_grid))
+            per = {key: seeds_of(d, variant, task=task) for key, d in diffs.items()}
+            rows.append({"variant": variant, "task": task, "title": run_b.title(variant),
+                         "seeds_paired": mine.loc[mine["variant"] == variant, "seed"].nunique(),
+                         "a_grid_mean": a_stats.mean, "b_grid_mean": b_stats.mean,
+                         **diff_columns({key: Estimate(d, seed_stats(d)) for key, d in per.items()})})
     return pd.DataFrame(rows)
 
 
@@ -117,11 +126,11 @@ def _unmatched(run_a: Results, run_b: Results, pairs: pd.DataFrame) -> pd.DataFr
 def compare_table(table: pd.DataFrame) -> Table:
     """The paired-comparison table with the seeds paired and each run's whole-grid mean."""
     diffs = paired_table(table)
-    rows = [[row[0], str(r["seeds_paired"]), f"{100 * r['a_grid_mean']:.1f}",
+    rows = [[row[0], r["task"], str(r["seeds_paired"]), f"{100 * r['a_grid_mean']:.1f}",
              f"{100 * r['b_grid_mean']:.1f}", *row[1:]]
             for row, (_, r) in zip(diffs.rows, table.iterrows())]
-    return Table([diffs.header[0], "seeds paired", "A whole grid", "B whole grid", *diffs.header[1:]],
-                 rows, "lrrr" + diffs.align[1:])
+    return Table([diffs.header[0], "task", "seeds paired", "A whole grid", "B whole grid", *diffs.header[1:]],
+                 rows, "llrrr" + diffs.align[1:])
 
 
 def _blocks(table: pd.DataFrame, unmatched: pd.DataFrame, names: tuple[str, str]):

@@ -2,12 +2,16 @@
 
 metrics.csv is the source of every accuracy; the cells (read as the store's CellRecords) add
 what a row does not carry (status, failure reason, parameter count, training range, options,
-training losses, the config they were made with, and the cell axes metrics.csv lacks, e.g. the
-task). The two must describe the same ok cells: a mismatch means a stale metrics.csv, and a
-report built on it would mislead.
+training losses, the config they were made with, and which test images each eval size got
+right). The two must describe the same ok cells with the same accuracies: a mismatch means a
+stale metrics.csv, and a report built on it would mislead.
+
+Every comparison of variants happens within one task: ``Results.of_task`` is the view the
+tables, findings and figures work on.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 from dataclasses import dataclass
@@ -16,15 +20,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..data import positional
 from ..errors import BenchError
 from ..plan import default_baseline
 from ..posembed import list_variants, variant_info
 from ..store import CELL_AXES, METRIC_TYPES, METRICS_COLUMNS, CellRecord, Store
+from .stats import learned_margin
+
+CELL_KEYS = [*CELL_AXES, "seed"]   # what tells one cell from another
 
 # Families in display order; a variant declares its own (posembed's ``family`` attribute), and a
 # family not listed here comes after these, in registry order.
 FAMILY_ORDER = ("1D learned", "2D joint learned", "factorized absolute", "factorized fractional",
-                "rotary (RoPE)", "none")
+                "rotary (RoPE)", "relative bias", "none")
 OTHER_FAMILY = "other"  # the base class's default, and the family of an unregistered name
 COMBINE_MODES = ("sum", "stack", "product")  # "sum" is the plain label's default
 
@@ -56,14 +64,17 @@ def display_name(base_variant: str, label: str) -> str:
 
 @dataclass(frozen=True)
 class Results:
-    cells: pd.DataFrame    # one row per cell, ok and failed
+    cells: pd.DataFrame    # one row per cell, ok and failed, with "learned" (see _learned)
     metrics: pd.DataFrame  # eval rows of ok cells with every cell axis, plus "extreme", "nominal_side",
-    #                        "nominal_aspect" and the cell's "chance" (NaN when unknown)
+    #                        "nominal_aspect", the cell's "chance" (NaN when unknown) and "learned"
     variants: pd.DataFrame  # one row per label, in display order (title, family, base, combine
-    #                         mode, "about" and "paper": the variant's one-line summary and source)
-    losses: pd.DataFrame   # training loss per (variant, seed, step) of ok cells
+    #                         mode, "about" and "paper": the variant's one-line summary and source);
+    #                         its counts, chance and ranking hold for one task (of_task)
+    losses: pd.DataFrame   # training loss per (variant, task, seed, step) of ok cells
     config: dict           # the run's resolved config (Store.config without the runner's)
     baseline: str | None   # the label every variant is compared with (the config's ``baseline``)
+    hits: np.ndarray       # bool [metrics row, test image]: which images that row got right;
+    #                        all False for a row whose cell predates them (metrics "has_hits")
 
     @property
     def failed(self) -> pd.DataFrame:
@@ -73,6 +84,37 @@ class Results:
     def ok_variants(self) -> list[str]:
         """Labels with at least one ok cell, in display order."""
         return [v for v in self.variants.index if self.variants.at[v, "seeds_ok"] > 0]
+
+    @property
+    def ranked_variants(self) -> list[str]:
+        """Of one task's variants, those ranked (every ok seed learned, not the floor), in display order."""
+        return [v for v in self.ok_variants if self.variants.at[v, "ranked"]]
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks of the cells, in the config's order."""
+        listed = ((self.config.get("data") or {}).get("task")) or []
+        listed = [listed] if isinstance(listed, str) else list(listed)
+        present = set(self.cells["task"])
+        return sorted(present, key=lambda t: (listed.index(t) if t in listed else len(listed), t))
+
+    def of_task(self, task: str) -> "Results":
+        """The view of one task: every comparison of variants happens within it."""
+        keep = (self.metrics["task"] == task).to_numpy()
+        cells = self.cells[self.cells["task"] == task].reset_index(drop=True)
+        return dataclasses.replace(self, cells=cells, metrics=self.metrics[keep].reset_index(drop=True),
+                                   variants=_variant_table(cells), hits=self.hits[keep],
+                                   losses=self.losses[self.losses["task"] == task].reset_index(drop=True))
+
+    def flag(self, variant: str) -> str:
+        """Why a variant of one task is not ranked ('' when it is): it is the floor (no positional
+        information on a positional task), or some of its seeds did not learn."""
+        info = self.variants.loc[variant]
+        missed = int(info["seeds_ok"] - info["seeds_learned"])
+        parts = (["floor: no positional information"] if info["floor"] else []) + (
+            [f"{missed}/{int(info['seeds_ok'])} {'seed' if info['seeds_ok'] == 1 else 'seeds'} did not learn"]
+            if missed else [])
+        return "; ".join(parts)
 
     @property
     def smoke(self) -> bool:
@@ -86,8 +128,8 @@ class Results:
     def task_text(self) -> str:
         """'Task: abs_position (9 classes, chance 11.1%)', for figure headers and captions."""
         parts = []
-        for task, group in self.cells.groupby("task", sort=False):
-            n = group["num_classes"].dropna()
+        for task in self.tasks:
+            n = self.cells.loc[self.cells["task"] == task, "num_classes"].dropna()
             parts.append(f"{task} ({int(n.iloc[0])} classes, chance {100 / n.iloc[0]:.1f}%)"
                          if len(n) else task)
         return ("Task: " if len(parts) == 1 else "Tasks: ") + ", ".join(parts)
@@ -108,16 +150,50 @@ def load_results(out_dir: Path, config: dict | None = None) -> Results:
     metrics = metrics.assign(extreme=elongation >= EXTREME_ELONGATION,
                              nominal_side=_nominal_sides(metrics))
     metrics = metrics.assign(nominal_aspect=_nominal_aspects(metrics, config))
+    cells = _learned(cells, metrics)
+    metrics = metrics.merge(cells[[*CELL_KEYS, "chance", "learned"]], on=CELL_KEYS, how="left")
+    hits, has_hits = _hits(metrics, records, store.metrics_path)
     variants = _variant_table(cells)
     baseline = (config["baseline"] if "baseline" in config
                 else default_baseline(zip(variants.index, variants["base_variant"])))
-    return Results(cells, _with_cell_columns(metrics, cells), variants, _losses(records), config, baseline)
+    return Results(cells, metrics.assign(has_hits=has_hits), variants, _losses(records), config, baseline, hits)
 
 
-def _with_cell_columns(metrics: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
-    """Each row's cell axes that metrics.csv does not carry (the task), and its cell's chance."""
-    missing = [axis for axis in CELL_AXES if axis not in metrics.columns]
-    return metrics.merge(cells[["variant", "seed", *missing, "chance"]], on=["variant", "seed"], how="left")
+def _learned(cells: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFrame:
+    """Each cell's accuracy at its training resolution and whether it learned: an ok cell did not
+    when that accuracy is at most chance + learned_margin(chance, its test images). A cell whose
+    chance is unknown (an image folder from before num_classes) counts as learned."""
+    reference = metrics[metrics["at_train_res"]].groupby(CELL_KEYS)["accuracy"].mean()
+    accuracy = reference.reindex(pd.MultiIndex.from_frame(cells[CELL_KEYS])).to_numpy()
+    margin = np.array([learned_margin(c, n) for c, n in zip(cells["chance"], cells["images"])])
+    learned = (cells["status"] == "ok").to_numpy() & ~(accuracy <= cells["chance"].to_numpy() + margin)
+    return cells.assign(train_res_accuracy=accuracy, learned=learned)
+
+
+def _hits(metrics: pd.DataFrame, records: list[CellRecord], path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(bool [row, test image], bool [row]): each metrics row's hits from its cell's record, and
+    whether it has them. BenchError when a row's accuracy is not that of its hits (a stale
+    metrics.csv)."""
+    by_key = {(cell.variant, cell.task, cell.seed, row.point.eval_height, row.point.eval_width): row.score.hits
+              for cell in records if cell.status == "ok" for row in cell.eval}
+    keys = zip(*(metrics[c] for c in [*CELL_KEYS, "eval_height", "eval_width"]))
+    rows = [by_key.get(key) for key in keys]
+    counts = {h.count for h in rows if h is not None}
+    if len(counts) > 1:
+        raise BenchError(f"{path.parent / 'cells'}: cells of {len(counts)} test-set sizes; one folder holds one "
+                         f"experiment")
+    hits = np.zeros((len(rows), counts.pop() if counts else 0), bool)
+    for i, h in enumerate(rows):
+        if h is not None:
+            hits[i] = h.array()
+    has = np.array([h is not None for h in rows], bool)
+    stale = has & ~np.isclose(hits.mean(1) if hits.shape[1] else 0.0, metrics["accuracy"].to_numpy(), atol=1e-9)
+    if stale.any():
+        row = metrics.iloc[int(np.argmax(stale))]
+        raise BenchError(f"{path}: accuracy of {row['variant']} {row['task']} seed {row['seed']} at "
+                         f"{row['eval_height']}x{row['eval_width']} differs from its cell's; metrics.csv is stale, "
+                         f"rebuild it from cells/")
+    return hits, has
 
 
 def _nominal_sides(metrics: pd.DataFrame) -> np.ndarray:
@@ -157,28 +233,22 @@ def _read_records(store: Store) -> list[CellRecord]:
 
 
 def _check_cells(cells: pd.DataFrame, folder: Path) -> None:
-    """One file per cell; and one value of every cell axis but the variant: the tables, findings
-    and figures compare variants within it, so until they keep tasks apart, results of several
-    tasks are refused, not averaged."""
-    dup = cells[cells.duplicated([*CELL_AXES, "seed"], keep=False)]
+    """One file per cell."""
+    dup = cells[cells.duplicated(CELL_KEYS, keep=False)]
     if len(dup):
-        raise BenchError(f"{folder}: variant {dup['variant'].iloc[0]} seed "
+        raise BenchError(f"{folder}: variant {dup['variant'].iloc[0]} task {dup['task'].iloc[0]} seed "
                          f"{dup['seed'].iloc[0]} appears in more than one cell file")
-    for axis in (a for a in CELL_AXES if a != "variant"):
-        values = sorted(cells[axis].unique())
-        if len(values) > 1:
-            raise BenchError(f"{folder}: holds cells of several {axis}s ({', '.join(map(str, values))}); "
-                             f"the report compares variants within one {axis}")
 
 
 def _losses(records: list[CellRecord]) -> pd.DataFrame:
-    frames = [pd.DataFrame({"variant": cell.variant, "seed": cell.seed,
+    frames = [pd.DataFrame({"variant": cell.variant, "task": cell.task, "seed": cell.seed,
                             "step": np.arange(1, len(cell.train_losses) + 1),
                             "loss": np.asarray(cell.train_losses, dtype=float)})
               for cell in records if cell.status == "ok" and cell.train_losses]
     if not frames:
-        return pd.DataFrame({"variant": pd.Series(dtype=str), "seed": pd.Series(dtype=int),
-                             "step": pd.Series(dtype=int), "loss": pd.Series(dtype=float)})
+        return pd.DataFrame({"variant": pd.Series(dtype=str), "task": pd.Series(dtype=str),
+                             "seed": pd.Series(dtype=int), "step": pd.Series(dtype=int),
+                             "loss": pd.Series(dtype=float)})
     return pd.concat(frames, ignore_index=True)
 
 
@@ -190,8 +260,19 @@ def _cell_row(cell: CellRecord) -> dict:
             "train_min_side": cell.train_resolution.min_side, "train_max_side": cell.train_resolution.max_side,
             # the record's num_classes (derived from the stored config for files from before it)
             "num_classes": cell.num_classes, "chance": 1 / cell.num_classes if cell.num_classes else math.nan,
-            "final_train_loss": cell.final_train_loss, "time_s": cell.train_time_s + cell.eval_time_s,
+            "images": _test_images(cell),
+            "steps": cell.steps, "final_train_loss": cell.final_train_loss, "time_s": cell.train_time_s + cell.eval_time_s,
             "device": cell.device, "world_size": cell.world_size}
+
+
+def _test_images(cell: CellRecord) -> float:
+    """The cell's test-set size: its hits', else (a cell from before them) its synthetic config's
+    test_size; NaN when neither tells."""
+    hits = next((row.score.hits for row in cell.eval if row.score.hits is not None), None)
+    if hits is not None:
+        return hits.count
+    data = cell.config.get("data", {})
+    return data.get("test_size", math.nan) if data.get("name") == "synthetic" else math.nan
 
 
 def _load_metrics(path: Path) -> pd.DataFrame:
@@ -204,7 +285,8 @@ def _load_metrics(path: Path) -> pd.DataFrame:
         raise BenchError(f"{path}: unreadable ({reason})") from None
     missing = [c for c in METRICS_COLUMNS if c not in metrics.columns]
     if missing:
-        raise BenchError(f"{path}: missing columns {', '.join(missing)}")
+        raise BenchError(f"{path}: missing columns {', '.join(missing)}; if it predates them, rebuild it "
+                         f"from cells/ (python run_all.py --out DIR --report-only)")
     metrics = metrics[METRICS_COLUMNS].copy()
     for col in METRICS_COLUMNS:
         if metrics[col].isna().any():
@@ -240,18 +322,18 @@ def _as_bool(col: pd.Series, path: Path, name: str) -> pd.Series:
 
 def _match(metrics: pd.DataFrame, cells: pd.DataFrame, path: Path) -> pd.DataFrame:
     """The eval rows of ok cells; any other disagreement between the two files is an error."""
-    status = cells.set_index(["variant", "seed"])["status"]
-    keys = pd.MultiIndex.from_frame(metrics[["variant", "seed"]])
+    status = cells.set_index(CELL_KEYS)["status"]
+    keys = pd.MultiIndex.from_frame(metrics[CELL_KEYS])
     unknown = ~keys.isin(status.index)
     if unknown.any():
-        variant, seed = keys[unknown][0]
-        raise BenchError(f"{path}: rows for {variant} seed {seed} have no cell in cells/; "
+        variant, task, seed = keys[unknown][0]
+        raise BenchError(f"{path}: rows for {variant} {task} seed {seed} have no cell in cells/; "
                          f"metrics.csv is stale, rebuild it from cells/")
     ok_keys = status.index[status == "ok"]
     without_rows = ok_keys[~ok_keys.isin(keys)]
     if len(without_rows):
-        variant, seed = without_rows[0]
-        raise BenchError(f"{path}: no rows for ok cell {variant} seed {seed}; "
+        variant, task, seed = without_rows[0]
+        raise BenchError(f"{path}: no rows for ok cell {variant} {task} seed {seed}; "
                          f"metrics.csv is stale, rebuild it from cells/")
     return metrics[keys.isin(ok_keys)].reset_index(drop=True)
 
@@ -270,13 +352,17 @@ def _variant_table(cells: pd.DataFrame) -> pd.DataFrame:
     for variant, group in cells.groupby("variant", sort=False):
         good = ok[ok["variant"] == variant]
         first = (good if len(good) else group).sort_values("seed").iloc[0]
+        family = family_of(first["base_variant"])
+        learned = int(good["learned"].sum())
+        floor = family == "none" and positional(first["task"])
         rows.append({
             "variant": variant, "base_variant": first["base_variant"], "title": first["title"],
-            "family": family_of(first["base_variant"]), "combine": first["combine"],
+            "family": family, "combine": first["combine"],
             "about": variant_info(first["base_variant"]).summary,
             "paper": variant_info(first["base_variant"]).paper,
             "param_count": first["param_count"], "seeds_ok": len(good),
-            "seeds_failed": len(group) - len(good),
+            "seeds_failed": len(group) - len(good), "seeds_learned": learned, "floor": floor,
+            "ranked": len(good) > 0 and learned == len(good) and not floor,
             "train_min_side": first["train_min_side"], "train_max_side": first["train_max_side"],
             "task": first["task"], "chance": first["chance"],
         })

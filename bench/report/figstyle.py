@@ -34,8 +34,9 @@ FAMILY_COLOURS = {  # Okabe & Ito (2008); grey for the no-embedding floor
     "factorized absolute": "#0072B2",
     "factorized fractional": "#009E73",
     "rotary (RoPE)": "#D55E00",
+    "relative bias": "#E69F00",
     "none": "#999999",
-    OTHER_FAMILY: "#E69F00",
+    OTHER_FAMILY: "#56B4E9",
 }
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 MARKERS = ("o", "s", "^", "D", "v", "P")
@@ -159,6 +160,8 @@ def family_curves(ax, results: Results, family: str, curves: pd.DataFrame, st: d
         low, high = (np.clip(c["mean"] + sign * c["std"], *clip) for sign in (-1, 1))
         ax.fill_between(c.index, low, high, color=s.colour, alpha=0.18, lw=0, zorder=2)
     ax.grid(axis="y", color="#eeeeee", lw=0.5)
+    if not ax.get_legend_handles_labels()[0]:   # no member has a curve here (e.g. none learned)
+        return
     titled = len(mine) > 1
     ax.legend(loc="lower left", bbox_to_anchor=(0, 1.0), title=family_title(family) if titled else None,
               alignment="left", handlelength=2.2, borderaxespad=0.2, labelspacing=0.25, borderpad=0)

@@ -1,10 +1,12 @@
 """The report's figures, in a registry: each figure function is registered with its file stem, a
 short title and the condition under which the data allows it; its number is its place in the
-registry. Every figure is saved as PNG (300 dpi), PDF and SVG, names its task at the top, and
-every accuracy axis has a chance line.
+registry. Every figure is drawn once per task, from that task's view of the results
+(``Results.of_task``), and saved as PNG (300 dpi), PDF and SVG named ``<stem>__<task>``; it names
+its task at the top, and every accuracy axis has that task's chance line.
 
 Curves over side length use square eval images only, so resolution is the only thing that
-changes along them; aspect ratio has figures of its own.
+changes along them; aspect ratio has figures of its own. Curves leave out the eval sizes whose
+patch grid is too small for the task (EvalPoint.solvable); the heatmaps show them hatched.
 """
 from __future__ import annotations
 
@@ -26,8 +28,8 @@ from .figstyle import (CHAR_IN, COLUMN_IN, FORMATS, MARKERS, PAGE_IN, RC, REFERE
                        family_curves, family_panels, header, hide_unused, members, save, side_axis,
                        styles, training_marks, training_sides)
 from .stats import CI_LEVEL, MIN_SEEDS_FOR_CI
-from .tables import (SUBSETS, combine_groups, counted, paired, per_seed, seeds_of, square_sides,
-                     stats_from, summary, zero_reference_note)
+from .tables import (SUBSETS, combine_groups, counted, kept_share, paired, per_seed, seeds_of, square_sides,
+                     stats_from, summary)
 
 Draw = Callable[[Results, dict[str, Style]], tuple[plt.Figure, str]]
 
@@ -45,15 +47,25 @@ class FigureSpec:
 class Outcome:
     number: int
     spec: FigureSpec
+    task: str
     caption: str = ""   # set when drawn
     reason: str = ""    # set when not drawn
 
     @property
+    def stem(self) -> str:
+        return task_stem(self.spec.stem, self.task)
+
+    @property
     def png(self) -> str:
-        return f"{self.spec.stem}.png"
+        return f"{self.stem}.png"
 
 
 REGISTRY: list[FigureSpec] = []
+
+
+def task_stem(stem: str, task: str) -> str:
+    """The file name (without extension) of a figure or table of one task."""
+    return f"{stem}__{task}"
 
 
 def figure(stem: str, title: str, skip: Callable[[Results], str | None] = lambda r: None,
@@ -65,31 +77,31 @@ def figure(stem: str, title: str, skip: Callable[[Results], str | None] = lambda
 
 
 def write_figures(results: Results, folder: Path) -> list[Outcome]:
-    """Draw every registered figure the data allows into ``folder``, in registry order. The
-    folder is the report's own: any other figure file in it (one the data no longer allows, or
-    an earlier version's name) is removed, so no stale figure sits beside the current ones."""
+    """Draw every registered figure the data allows into ``folder``, task by task, in registry
+    order. The folder is the report's own: any other figure file in it (one the data no longer
+    allows, or an earlier version's name) is removed, so no stale figure sits beside the current
+    ones."""
     folder.mkdir(parents=True, exist_ok=True)
     outcomes = []
     with plt.rc_context(RC):
         st = styles(results)
-        for number, spec in enumerate(REGISTRY, 1):
-            reason = spec.skip(results) if results.ok_variants else "no successful cell"
-            if reason:
-                outcomes.append(Outcome(number, spec, reason=reason))
-                continue
-            fig, caption = spec.draw(results, st)
-            header(fig, results)
-            save(fig, folder, spec.stem)
-            outcomes.append(Outcome(number, spec, caption=f"{caption} {_task_sentence(results)}"))
-    drawn = {o.spec.stem for o in outcomes if o.caption}
+        for task in results.tasks:
+            view = results.of_task(task)
+            for number, spec in enumerate(REGISTRY, 1):
+                reason = spec.skip(view) if view.ok_variants else "no successful cell"
+                if reason:
+                    outcomes.append(Outcome(number, spec, task, reason=reason))
+                    continue
+                fig, caption = spec.draw(view, st)
+                header(fig, view)
+                outcome = Outcome(number, spec, task, caption=f"{caption} {view.task_text()}.")
+                save(fig, folder, outcome.stem)
+                outcomes.append(outcome)
+    drawn = {o.stem for o in outcomes if o.caption}
     for path in folder.iterdir():
         if path.suffix[1:] in FORMATS and path.stem not in drawn:
             path.unlink()
     return outcomes
-
-
-def _task_sentence(results: Results) -> str:
-    return f"{results.task_text()}."
 
 
 CHANCE_TEXT = "Dash-dot line: chance, 1 / the task's classes."
@@ -98,8 +110,8 @@ CHANCE_TEXT = "Dash-dot line: chance, 1 / the task's classes."
 def _interval_text(results: Results) -> str:
     seeds = int(results.variants["seeds_ok"].max())
     if seeds >= MIN_SEEDS_FOR_CI:
-        return (f"whiskers: {CI_LEVEL:.0%} t-interval over seeds (for variants with "
-                f"{MIN_SEEDS_FOR_CI} or more)")
+        return (f"whiskers: {CI_LEVEL:.0%} t-interval over seeds with the test-image noise added (for "
+                f"variants with {MIN_SEEDS_FOR_CI} or more seeds)")
     return (f"no whiskers: a {CI_LEVEL:.0%} interval needs {MIN_SEEDS_FOR_CI} or more seeds, and "
             f"this run has {counted(seeds, 'seed')} per variant")
 
@@ -110,10 +122,13 @@ def _rows_in(n: int) -> float:
 
 # ---- ranked accuracy per regime --------------------------------------------------------------
 
+NOT_RANKED = "†"   # marks a variant that is not ranked, in the ranking figure
+
+
 @figure("ranking", "Accuracy per regime, variants ranked, with intervals", readme=True)
 def _ranking(results: Results, st: dict[str, Style]):
     """Dots and whiskers, one panel per regime, each ranked on its own: the order is the point,
-    and it changes between regimes."""
+    and it changes between regimes. Variants that are not ranked sit below the ranked ones, hollow."""
     table = summary(results).set_index("variant")
     subsets = [s for s in SUBSETS if table[f"{s.key}_n"].gt(0).any()]
     cols = 2
@@ -126,13 +141,14 @@ def _ranking(results: Results, st: dict[str, Style]):
     chance = chance_values(results, results.ok_variants)
     top = 0.0
     for ax, subset in zip(axes.flat, subsets):
-        ranked = table[table[f"{subset.key}_n"] > 0].sort_values(f"{subset.key}_mean")
-        for y, (variant, r) in enumerate(ranked.iterrows()):
+        shown = table[table[f"{subset.key}_n"] > 0].sort_values(["ranked", f"{subset.key}_mean"])
+        for y, (variant, r) in enumerate(shown.iterrows()):
             s = stats_from(r, subset.key)
-            _dot(ax, y, s, st[variant])
+            _dot(ax, y, s, st[variant], hollow=not r["ranked"])
             top = max(top, 100 * (s.mean if math.isnan(s.ci_high) else s.ci_high))
-        ax.set_yticks(range(len(ranked)), [results.title(v) for v in ranked.index])
-        ax.set_ylim(-0.6, len(ranked) - 0.4)
+        ax.set_yticks(range(len(shown)), [results.title(v) + ("" if r["ranked"] else f" {NOT_RANKED}")
+                                          for v, r in shown.iterrows()])
+        ax.set_ylim(-0.6, len(shown) - 0.4)
         ax.set_title(subset.title, loc="left")
         ax.grid(axis="x", color="#eeeeee", lw=0.5)
         chance_line(ax, chance, vertical=True)  # unlabelled: a label would sit on the dots
@@ -140,17 +156,19 @@ def _ranking(results: Results, st: dict[str, Style]):
         ax.set_xlim(0, min(top, 100) + 3)
     fig.supxlabel("top-1 accuracy (%)")
     return fig, (f"Top-1 accuracy (%) per regime (the summary table's columns), variants ranked "
-                 f"within each panel, best at the top. Dots: mean over seeds; "
-                 f"{_interval_text(results)}. {CHANCE_TEXT}")
+                 f"within each panel, best at the top; {NOT_RANKED}, hollow: not ranked (a seed did not learn, "
+                 f"or no positional information on a positional task), below the ranked ones. Dots: mean over "
+                 f"seeds; {_interval_text(results)}. {CHANCE_TEXT}")
 
 
-def _dot(ax, y: float, s, style: Style, clip=(0, 100)) -> None:
+def _dot(ax, y: float, s, style: Style, clip=(0, 100), hollow: bool = False) -> None:
     """One mean (a fraction, drawn in %) with its CI as a horizontal whisker clipped to ``clip``
     (a t-interval of few spread-out seeds can pass 0 or 100%), when there is one."""
     if not math.isnan(s.ci_low):
         low, high = np.clip([100 * s.ci_low, 100 * s.ci_high], *clip)
         ax.plot([low, high], [y, y], color=style.colour, lw=1.1, solid_capstyle="butt", zorder=2)
-    ax.plot([100 * s.mean], [y], marker=style.marker, color=style.colour, ms=4.5, ls="none", zorder=3)
+    ax.plot([100 * s.mean], [y], marker=style.marker, color=style.colour, ms=4.5, ls="none", zorder=3,
+            mfc="white" if hollow else style.colour)
 
 
 # ---- paired differences against the baseline (forest plot) -----------------------------------
@@ -165,8 +183,7 @@ def _no_baseline(results: Results) -> str | None:
     return None
 
 
-@figure("paired_vs_baseline", "Paired difference from the baseline, with intervals", skip=_no_baseline,
-        readme=True)
+@figure("paired_vs_baseline", "Paired difference from the baseline, with intervals", skip=_no_baseline)
 def _paired_vs_baseline(results: Results, st: dict[str, Style]):
     baseline = results.baseline
     fig = draw_forest(paired(results).set_index("variant"), results, st,
@@ -174,8 +191,8 @@ def _paired_vs_baseline(results: Results, st: dict[str, Style]):
                       f"eval sizes)")
     return fig, (f"Paired difference in top-1 accuracy from the baseline, "
                  f"{results.title(baseline)} (`{baseline}`), in percentage points: per seed, the "
-                 f"variant minus the baseline on the same eval sizes, averaged over each regime. "
-                 f"Right of the line: better than the baseline. Dots: mean over seeds; "
+                 f"variant minus the baseline on the same eval sizes and test images, averaged over each "
+                 f"regime. Right of the line: better than the baseline. Dots: mean over seeds; "
                  f"{_interval_text(results)} of the paired difference.")
 
 
@@ -207,18 +224,18 @@ def draw_forest(table: pd.DataFrame, results: Results, st: dict[str, Style], xla
 # ---- accuracy vs side ------------------------------------------------------------------------
 
 def _side_figure(results: Results, st: dict[str, Style], relative: bool):
-    per = square_sides(results.metrics, relative=relative) * 100
+    per = (kept_share(results.metrics) if relative else square_sides(results.metrics)) * 100
     curves = per.groupby(["variant", "side"]).agg(["mean", "std"])
     fig, panels = family_panels(results)
     sides = curves.index.get_level_values("side").unique()
-    chance = chance_values(results, results.ok_variants)
+    # Chance-corrected, chance is 0 and the training resolution 100.
+    chance = [0.0] if relative else chance_values(results, results.ok_variants)
     for family, ax in panels.items():
         training_marks(ax, results, members(results, family))
         if relative:
             ax.axhline(100, color=REFERENCE_GREY, lw=0.6, zorder=1)
-        else:
-            chance_line(ax, chance, label="chance")
-        family_curves(ax, results, family, curves, st, clip=(0, None) if relative else (0, 100))
+        chance_line(ax, chance, label="chance")
+        family_curves(ax, results, family, curves, st, clip=(-math.inf, math.inf) if relative else (0, 100))
         side_axis(ax, sides, training_sides(results, results.ok_variants))
     fig.supxlabel("eval side length (px, square images, log scale)")
     if not relative:
@@ -227,13 +244,13 @@ def _side_figure(results: Results, st: dict[str, Style], relative: bool):
 
 
 def _no_squares(results: Results) -> str | None:
-    return None if len(square_sides(results.metrics)) else "the eval grid has no square size"
+    return None if len(square_sides(results.metrics)) else "the eval grid has no square size the task can be solved at"
 
 
 def _no_ratios(results: Results) -> str | None:
-    if len(square_sides(results.metrics, relative=True)):
+    if len(kept_share(results.metrics)):
         return None
-    return _no_squares(results) or "no cell scores above 0% at its training resolution, so no ratio to it is defined"
+    return _no_squares(results) or "no cell learned, so no share of learned accuracy is defined"
 
 
 @figure("accuracy_vs_side", "Accuracy vs eval side length (square images); shaded: training range",
@@ -244,29 +261,28 @@ def _accuracy_vs_side(results: Results, st: dict[str, Style]):
     return fig, ("Top-1 accuracy (%) vs eval side length (px, log scale, square images), one panel "
                  "per family; other families in grey. Lines: mean over seeds; bands: ± 1 std "
                  "(clipped to 0-100%). Shaded: the training side range; dotted: the training "
-                 f"resolution. {CHANCE_TEXT}")
+                 f"resolution. Sizes too small for the task are left out. {CHANCE_TEXT}")
 
 
-@figure("relative_accuracy_vs_side", "Accuracy relative to the training resolution (NaViT Fig. 10b)",
-        skip=_no_ratios)
+@figure("relative_accuracy_vs_side", "Chance-corrected accuracy relative to the training resolution "
+                                     "(NaViT Fig. 10b)", skip=_no_ratios)
 def _relative_accuracy_vs_side(results: Results, st: dict[str, Style]):
     fig = _side_figure(results, st, relative=True)
-    fig.supylabel("% of accuracy at training resolution")
-    return fig, ("Accuracy relative to each variant's own accuracy at the training resolution "
-                 "(NaViT Fig. 10b), in %, vs eval side length (px, log scale, square images), one "
-                 "panel per family; other families in grey. Bands: ± 1 std over seeds. Shaded: the "
-                 "training side range; dotted: the training resolution. A variant near chance at "
-                 "its training resolution divides chance by chance here: read it with the "
-                 "accuracy figure, which has the chance line this ratio cannot have. "
-                 + zero_reference_note(results.metrics)).rstrip()
+    fig.supylabel("% of above-chance accuracy at training res.")
+    return fig, ("The share of its above-chance accuracy at the training resolution that a variant keeps, "
+                 "(accuracy − chance) / (accuracy at training res. − chance) in %, vs eval side length (px, "
+                 "log scale, square images; NaViT Fig. 10b, chance-corrected), one panel per family; other "
+                 "families in grey. Cells that did not learn are left out. Bands: ± 1 std over seeds. Shaded: "
+                 "the training side range; dotted: the training resolution; solid grey: 100%, as at the "
+                 "training resolution; dash-dot: chance (0%).")
 
 
 # ---- accuracy vs aspect ratio at a fixed token count -----------------------------------------
 
 def aspect_side(metrics: pd.DataFrame) -> int | None:
-    """The nominal side whose equal-area sizes span the most aspect ratios (ties: nearest the
-    training side); None when no side has two aspect ratios."""
-    counts = metrics.groupby("nominal_side")["aspect"].nunique()
+    """The nominal side whose equal-area sizes the task can be solved at span the most aspect
+    ratios (ties: nearest the training side); None when no side has two aspect ratios."""
+    counts = metrics[metrics["solvable"]].groupby("nominal_side")["aspect"].nunique()
     counts = counts[counts >= 2]
     if counts.empty:
         return None
@@ -282,12 +298,11 @@ def _no_aspects(results: Results) -> str | None:
     return None
 
 
-@figure("accuracy_vs_aspect", "Accuracy vs aspect ratio at a fixed token count", skip=_no_aspects,
-        readme=True)
+@figure("accuracy_vs_aspect", "Accuracy vs aspect ratio at a fixed token count", skip=_no_aspects)
 def _accuracy_vs_aspect(results: Results, st: dict[str, Style]):
     metrics = results.metrics
     side = aspect_side(metrics)
-    at_side = metrics[metrics["nominal_side"] == side]
+    at_side = metrics[(metrics["nominal_side"] == side) & metrics["solvable"]]
     per = at_side.groupby(["variant", "seed", "aspect"])["accuracy"].mean() * 100
     curves = per.groupby(["variant", "aspect"]).agg(["mean", "std"])
     fig, panels = family_panels(results)
@@ -356,6 +371,7 @@ def _heatmaps(results: Results, st: dict[str, Style]):
                 dark = sum(cmap(norm(v))[:3]) < 1.5  # light text on the dark end of viridis
                 ax.text(j, i, f"{v:.0f}", ha="center", va="center", color="white" if dark else "black")
         _heat_training(ax, results, variant, sides, aspects)
+        _heat_unsolvable(ax, results, sides, aspects)
         ax.set_title(titles[variant], loc="left")
         ax.set_xticks(range(len(aspects)), [aspect_label(a) for a in aspects])
         ax.set_yticks(range(len(sides)), [f"{s:.0f}" for s in sides])
@@ -373,7 +389,18 @@ def _heatmaps(results: Results, st: dict[str, Style]):
                  "one colour scale: rows are the equal-area side sqrt(H x W), columns the aspect ratio "
                  "W:H (sizes are rounded to whole patches, so e.g. 2:1 at 8 px is 12 x 8). The bar "
                  "left of a panel spans the rows inside its training side range; the boxed cell is "
-                 "the training resolution. The colour bar marks chance.")
+                 "the training resolution; hatched: a patch grid too small for the task. The colour bar "
+                 "marks chance.")
+
+
+def _heat_unsolvable(ax, results: Results, sides: list[float], aspects: list[float]) -> None:
+    """Hatch the cells whose patch grid is too small for the task."""
+    m = results.metrics.dropna(subset=["nominal_side"])
+    solvable = m.groupby(["nominal_side", "nominal_aspect"])["solvable"].all()
+    for (side, aspect), ok in solvable.items():
+        if not ok and side in sides and aspect in aspects:
+            i, j = sides.index(side), aspects.index(aspect)
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="////", ec="#d0d0d0", lw=0))
 
 
 def _heat_training(ax, results: Results, variant: str, sides: list[float], aspects: list[float]) -> None:

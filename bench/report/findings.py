@@ -1,144 +1,235 @@
-"""The findings paragraph: sentences written from the data by fixed, conservative rules.
+"""The findings: sentences written from the data by fixed rules, task by task, then across tasks.
 
-One rule decides every comparison (``clearly_better``): A is called better than B only when
-(1) they share at least 2 seeds, (2) A is ahead in every shared seed, and (3) the mean gap is
-larger than the seed spread, std(A) + std(B). Anything else is reported as "within seed noise"
-or not compared at all, so no sentence claims an order the seeds do not support.
+One rule decides every comparison: A is better than B when the 95% interval of the paired
+difference A - B (same task, seeds, test images and eval sizes; bench.report.estimates) excludes
+0. Otherwise the pair is "not resolved with N seeds", with the number of seeds the observed
+variance would need (stats.seeds_needed). Only ranked variants are compared (every seed learned,
+not the floor; Results.flag); the others are named as such, and their cells are left out of
+the retention finding.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
+from ..config import TASKS
+from ..data import positional
 from .data import Results
-from .tables import (SUBSET, Subset, combine_groups, counted, per_seed, seeds_of, signed_pp,
-                     square_sides, zero_reference_note)
+from .estimates import Estimate, accuracy, contrast, difference, regime_rows
+from .stats import MAX_SEEDS_NEEDED, MIN_SEEDS_FOR_CI, SeedStats, seeds_needed
+from .tables import SUBSET, Subset, combine_groups, counted, kept_share, signed_pp
 
-MAX_NAMED = 4  # a tie among more variants is summarised, not listed
+MAX_NAMED = 4  # a longer list is cut, with how many more there are
 TARGET_RATIO = 4.0  # retention is reported at the grid side nearest 4x the training side
+MOVERS = 3     # variants named as moving most between two tasks' rankings
 NOTHING_FOUND = "No cell succeeded: nothing to report."
+TIE = 0.0005   # a difference below 0.05 pp in mean and spread is a tie at the precision shown
 
 
-def clearly_better(a: pd.Series, b: pd.Series) -> bool:
-    """``a`` and ``b``: one value per seed (indexed by seed). See the module docstring."""
-    common = a.index.intersection(b.index)
-    if len(common) < 2:
-        return False
-    a, b = a[common], b[common]
-    gap = a - b
-    return bool((gap > 0).all() and gap.mean() > a.std(ddof=1) + b.std(ddof=1))
+# ---- wording ---------------------------------------------------------------------------------
 
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
-
-
-def _named(values: dict[str, pd.Series], names: list[str]) -> str:
-    return _join_capped([f"`{n}` ({pct(values[n].mean())})" for n in names])
-
-
-def _join_capped(items: list[str]) -> str:
-    more = len(items) - MAX_NAMED
-    return _join(items[:MAX_NAMED] + [f"{more} more"] if more > 0 else items)
-
-
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def _noise(n_seeds: int) -> str:
-    return ("a single seed cannot separate them" if n_seeds < 2
-            else "their differences are within seed noise")
-
-
-def leaders(values: dict[str, pd.Series]) -> list[str]:
-    """Variants not clearly worse than the one with the highest mean, best first."""
-    ranked = sorted(values, key=lambda v: -values[v].mean())
-    top = ranked[0]
-    return [v for v in ranked if v == top or not clearly_better(values[top], values[v])]
-
-
-def write_findings(results: Results) -> list[str]:
-    """The findings as sentences, most general first; empty when no cell succeeded."""
-    if not results.ok_variants:
-        return []
-    n_seeds = _most_seeds(results)
-    sentences = [_basis(results)]
-    for key in ("grid", "above", "below", "extreme"):
-        sentences += _leader_sentence(results, SUBSET[key], n_seeds)
-    sentences += _retention(results)
-    sentences += _versus_baseline(results)
-    sentences += _combine(results, n_seeds)
-    return sentences
-
-
-def headline(results: Results) -> str:
-    """The main finding in one line, for the last line of a run's log: the findings' whole-grid
-    sentence, or the whole-grid accuracy of a lone variant."""
-    if not results.ok_variants:
-        return NOTHING_FOUND
-    lead = _leader_sentence(results, SUBSET["grid"], _most_seeds(results))
-    if lead:
-        return lead[0]
-    (variant, values), = _subset_values(results, SUBSET["grid"]).items()
-    return f"Over the whole grid, `{variant}`, the only variant, scores {pct(values.mean())}."
-
-
-def _most_seeds(results: Results) -> int:
-    return int(results.variants["seeds_ok"].max())
-
-
-def _basis(results: Results) -> str:
-    m = results.metrics
-    n_variants, n_cells = len(results.ok_variants), m.groupby(["eval_height", "eval_width"]).ngroups
-    seeds = sorted(set(results.variants.loc[results.ok_variants, "seeds_ok"]))
-    seed_text = counted(seeds[0], "seed") if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds"
-    text = (f"{counted(n_variants, 'variant')} with {seed_text} each "
-            f"{'was' if n_variants == 1 else 'were'} evaluated on {counted(n_cells, 'eval size')} "
-            f"(sides {m['side'].min()}–{m['side'].max()} px).")
-    if len(results.failed):
-        text += (f" {len(results.failed)} cell(s) failed and are left out of every number "
-                 f"(the report lists them with their reasons).")
+def pct(st: SeedStats) -> str:
+    """'82.8% [80.8, 84.8]', the interval when there is one."""
+    text = f"{100 * st.mean:.1f}%"
+    if not math.isnan(st.ci_low):
+        text += f" [{100 * max(st.ci_low, 0):.1f}, {100 * min(st.ci_high, 1):.1f}]"
     return text
 
 
-def _subset_values(results: Results, subset: Subset) -> dict[str, pd.Series]:
-    series = per_seed(results.metrics, subset)
-    values = {v: seeds_of(series, v) for v in results.ok_variants}
-    return {v: s for v, s in values.items() if len(s)}
+def pp(st: SeedStats) -> str:
+    """'+8.9 pp [+4.0, +13.8]', the interval when there is one."""
+    text = f"{signed_pp(st.mean)} pp"
+    if not math.isnan(st.ci_low):
+        text += f" [{signed_pp(st.ci_low)}, {signed_pp(st.ci_high)}]"
+    return text
 
 
-def _where(results: Results, subset: Subset) -> str:
-    rows = results.metrics[subset.select(results.metrics)]
+def gap(st: SeedStats) -> str:
+    """A resolved margin whose direction the sentence states ('ahead', 'behind'): '8.9 pp [4.0, 13.8]'."""
+    st = st if st.mean >= 0 else flipped(st)
+    text = f"{100 * st.mean:.1f} pp"
+    if not math.isnan(st.ci_low):
+        text += f" [{100 * st.ci_low:.1f}, {100 * st.ci_high:.1f}]"
+    return text
+
+
+def unresolved(st: SeedStats) -> str:
+    """'not resolved with 3 seeds (about 7 would resolve it)'."""
+    return f"not resolved with {counted(st.n, 'seed')} ({needs(st)})"
+
+
+def needs(st: SeedStats) -> str:
+    """What would resolve an unresolved difference, by stats.seeds_needed."""
+    if st.n < 2:
+        return "its seed noise is unknown"
+    if abs(st.mean) < TIE and st.std < TIE:
+        return "the two agree to 0.1 pp in every seed"
+    needed = seeds_needed(st)
+    if needed is None and not math.isnan(st.image_se) and abs(st.mean) < 2 * st.image_se:
+        return (f"more seeds would not: the test-image noise alone, SE {100 * st.image_se:.1f} pp, is too large for "
+                f"the gap; a larger test set would")
+    if needed is None:
+        return f"not even {MAX_SEEDS_NEEDED} seeds would at this spread"
+    if st.n < MIN_SEEDS_FOR_CI:
+        return f"an interval needs {MIN_SEEDS_FOR_CI}; about {needed} would resolve it"
+    return f"about {needed} would resolve it"
+
+
+def named(names: list[str]) -> str:
+    return join_capped([f"`{n}`" for n in names])
+
+
+def join_capped(items: list[str]) -> str:
+    more = len(items) - MAX_NAMED
+    return join(items[:MAX_NAMED] + [f"{more} more"] if more > 0 else items)
+
+
+def join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# ---- the standing of the ranked variants in one regime ---------------------------------------
+
+def values_in(view: Results, subset: Subset) -> dict[str, Estimate]:
+    """The ranked variants' accuracy over the regime, best mean first (those with data there)."""
+    values = {v: accuracy(view, subset, v) for v in view.ranked_variants}
+    values = {v: e for v, e in values.items() if e.stats.n}
+    return dict(sorted(values.items(), key=lambda item: -item[1].stats.mean))
+
+
+def gaps_from(view: Results, subset: Subset, best: str, others) -> dict[str, SeedStats]:
+    """``best`` minus each of ``others`` over the regime, paired."""
+    return {v: difference(view, subset, best, v).stats for v in others}
+
+
+def leaders(values: dict[str, Estimate], gaps: dict[str, SeedStats]) -> list[str]:
+    """The best and every variant not resolved from it, best first."""
+    best = next(iter(values))
+    return [best] + [v for v in values if v != best and not gaps[v].resolved]
+
+
+# ---- the findings -----------------------------------------------------------------------------
+
+def write_findings(results: Results) -> dict[str, list[str]]:
+    """Per task, its findings as sentences, most general first; then, under "", the sentences
+    that compare tasks. Empty when no cell succeeded."""
+    views = {task: results.of_task(task) for task in results.tasks}
+    out = {task: task_findings(view) for task, view in views.items() if view.ok_variants}
+    if not out:
+        return {}
+    across = agreement(results)
+    return {**out, "": across} if across else out
+
+
+def task_findings(view: Results) -> list[str]:
+    sentences = [_basis(view)]
+    sentences += _not_ranked(view)
+    for key in ("grid", "above", "below", "extreme"):
+        sentences += _leader_sentence(view, SUBSET[key])
+    sentences += _control(view)
+    sentences += _retention(view)
+    sentences += _versus_baseline(view)
+    sentences += _combine(view)
+    return sentences
+
+
+def _basis(view: Results) -> str:
+    m = view.metrics
+    n_variants, n_sizes = len(view.ok_variants), m.groupby(["eval_height", "eval_width"]).ngroups
+    seeds = sorted(set(view.variants.loc[view.ok_variants, "seeds_ok"]))
+    seed_text = counted(seeds[0], "seed") if len(seeds) == 1 else f"{seeds[0]}–{seeds[-1]} seeds"
+    small = m.loc[~m["solvable"], ["eval_height", "eval_width"]].drop_duplicates()
+    text = (f"{counted(n_variants, 'variant')} with {seed_text} each {'was' if n_variants == 1 else 'were'} "
+            f"evaluated on {counted(n_sizes, 'eval size')} (sides {m['side'].min()}–{m['side'].max()} px).")
+    if len(small):
+        sizes = ", ".join(f"{h}x{w}" for h, w in small.itertuples(index=False))
+        one = len(small) == 1
+        text += (f" {counted(len(small), 'size')} ({sizes} px) {'gives' if one else 'give'} a patch grid too small "
+                 f"for the task's label and {'is' if one else 'are'} reported apart, in no other mean.")
+    failed = view.failed
+    if len(failed):
+        text += f" {len(failed)} cell(s) failed and are left out of every number."
+    return text
+
+
+def _not_ranked(view: Results) -> list[str]:
+    flagged = [v for v in view.ok_variants if view.flag(v)]
+    if not flagged:
+        return []
+    return [f"Not ranked: {join_capped([f'`{v}` ({view.flag(v)})' for v in flagged])}. A cell did not learn "
+            f"when its accuracy at the training resolution is within the learning margin of chance (see the "
+            f"method); such cells are left out of the retention finding."]
+
+
+def _where(view: Results, subset: Subset) -> str:
+    rows = view.metrics[subset.select(view.metrics)]
     sides = f"sides {rows['side'].min()}–{rows['side'].max()} px"
     return {"grid": "Over the whole grid",
+            "train_res": "At the training resolution",
             "above": f"Above the training range ({sides})",
             "below": f"Below the training range ({sides})",
             "extreme": "On extreme aspect ratios (2:1 or longer)"}[subset.key]
 
 
-def _leader_sentence(results: Results, subset: Subset, n_seeds: int) -> list[str]:
-    values = _subset_values(results, subset)
+def _leader_sentence(view: Results, subset: Subset) -> list[str]:
+    values = values_in(view, subset)
     if len(values) < 2:
         return []
-    lead = leaders(values)
-    where = _where(results, subset)
+    best, *others = values
+    gaps = gaps_from(view, subset, best, others)
+    where, lead = _where(view, subset), leaders(values, gaps)
     if len(lead) == 1:
-        ranked = sorted(values, key=lambda v: -values[v].mean())
-        return [f"{where}, `{lead[0]}` is best with {pct(values[lead[0]].mean())}, clearly ahead "
-                f"of every other variant (next: `{ranked[1]}`, {pct(values[ranked[1]].mean())})."]
-    return [f"{where}, {_named(values, lead)} lead, but {_noise(n_seeds)}, so no single best "
-            f"variant is named."]
+        runner = others[0]
+        return [f"{where}, `{best}` is best with {pct(values[best].stats)}, resolved ahead of every other "
+                f"ranked variant, of the runner-up `{runner}` by {gap(gaps[runner])}."]
+    tied = [f"`{v}` ({pp(flipped(gaps[v]))}; {unresolved(gaps[v])})" for v in lead[1:]]
+    behind = len(others) - len(lead) + 1
+    return [f"{where}, `{best}` leads with {pct(values[best].stats)}; not resolved from it: "
+            f"{join_capped(tied)}" + (f"; the other {behind} are resolved behind it." if behind else ".")]
 
 
-def retention_sides(results: Results) -> dict[str, tuple[int, int]]:
+def flipped(st: SeedStats) -> SeedStats:
+    """``st`` of the difference the other way round (B - A for A - B)."""
+    return st._replace(mean=-st.mean, ci_low=-st.ci_high, ci_high=-st.ci_low)
+
+
+def _control(view: Results) -> list[str]:
+    """A task where position plays no part checks that no embedding hurts recognising content:
+    every ranked variant against NoPE (or, without it, the best)."""
+    task = view.cells["task"].iloc[0]
+    if task not in TASKS or positional(task):
+        return []
+    floor = [v for v in view.ranked_variants if view.variants.at[v, "family"] == "none"]
+    out = []
+    for subset in (SUBSET["train_res"], SUBSET["grid"]):
+        values = values_in(view, subset)
+        if len(values) < 2:
+            continue
+        reference = floor[0] if floor and floor[0] in values else next(iter(values))
+        gaps = {v: difference(view, subset, v, reference).stats for v in values if v != reference}
+        hurt = [v for v, st in gaps.items() if st.ci_high < 0]
+        where = _where(view, subset).lower()
+        if hurt:
+            named_gaps = join_capped([f"`{v}` ({pp(gaps[v])})" for v in hurt])
+            out.append(f"On `{task}`, where position plays no part, {named_gaps} "
+                       f"{'is' if len(hurt) == 1 else 'are'} resolved below `{reference}` {where}: "
+                       f"{'its' if len(hurt) == 1 else 'their'} embedding hurts recognising content there.")
+        else:
+            out.append(f"On `{task}`, where position plays no part, no ranked variant is resolved below "
+                       f"`{reference}` {where}: no embedding is shown to hurt recognising content there.")
+    return out
+
+
+def retention_sides(view: Results) -> dict[str, tuple[int, int]]:
     """Per variant: (its training side, the square grid side nearest TARGET_RATIO times it), for
     variants with a square side above their training side. Sides differ between variants only
     when their training resolutions do (e.g. a fixed-resolution baseline)."""
-    metrics = results.metrics
+    metrics = view.metrics
     refs = metrics[metrics["at_train_res"]].groupby("variant")["side"].first()
-    squares = sorted(metrics.loc[metrics["eval_height"] == metrics["eval_width"], "side"].unique())
+    squares = sorted(metrics.loc[(metrics["eval_height"] == metrics["eval_width"]) & metrics["solvable"],
+                                 "side"].unique())
     out = {}
     for variant, ref in refs.items():
         above = [s for s in squares if s > ref]
@@ -148,90 +239,141 @@ def retention_sides(results: Results) -> dict[str, tuple[int, int]]:
     return out
 
 
-def _retention(results: Results) -> list[str]:
-    sides = retention_sides(results)
-    relative, absolute = (square_sides(results.metrics, relative=r) for r in (True, False))
-
-    def at_far(series, variant):
-        values = seeds_of(series, variant)  # indexed (seed, side)
-        return values[values.index.get_level_values("side") == sides[variant][1]].droplevel("side")
-    values = {v: at_far(relative, v) for v in results.ok_variants if v in sides}
-    values = {v: s for v, s in values.items() if len(s)}
-    left_out = zero_reference_note(results.metrics)
-    if not values:
-        return [f"No share of training-resolution accuracy kept is reported. {left_out}"] if left_out else []
-    shared = len({sides[v] for v in values}) == 1
-    ranked = sorted(values, key=lambda v: -values[v].mean())
-    best, worst = ranked[0], ranked[-1]
-
-    def kept(v):
-        s = values[v]
-        spread = f" ± {100 * s.std(ddof=1):.1f}" if len(s) >= 2 else ""
-        where = "" if shared else f" at {sides[v][1]} vs {sides[v][0]} px"
-        return f"`{v}` ({100 * s.mean():.1f}%{spread}{where}; {pct(at_far(absolute, v).mean())} accuracy)"
-    if shared:
-        ref, far = sides[best]
-        text = f"At {far / ref:.3g}x the training resolution ({far} px vs {ref} px, square images), "
-    else:
-        text = (f"At the square side nearest {TARGET_RATIO:g}x each variant's own training "
-                f"resolution, ")
-    text += f"the share of training-resolution accuracy kept is highest for {kept(best)}"
-    if worst != best:
-        text += f" and lowest for {kept(worst)}"
-    baseline = results.baseline
-    if baseline in values and baseline not in (best, worst):
-        text += f"; the baseline {kept(baseline)}"
-    text += "."
-    if baseline in values and best != baseline:
-        if clearly_better(values[best], values[baseline]):
-            text += f" `{best}` keeps clearly more than `{baseline}`."
-        else:
-            text += f" The gap between `{best}` and `{baseline}` is within seed noise."
-    return [f"{text} {left_out}" if left_out else text]
-
-
-def _versus_baseline(results: Results) -> list[str]:
-    values, baseline = _subset_values(results, SUBSET["grid"]), results.baseline
-    if baseline not in values:
+def _retention(view: Results) -> list[str]:
+    """The drop from the training resolution to the side nearest 4x it, in pp with its interval,
+    and the share of above-chance accuracy kept, for the ranked variants."""
+    sides = {v: s for v, s in retention_sides(view).items() if v in view.ranked_variants}
+    if not sides:
         return []
-    base = values[baseline]
-    others = [v for v in results.ok_variants if v != baseline and v in values]
-    better = [v for v in others if clearly_better(values[v], base)]
-    worse = [v for v in others if clearly_better(base, values[v])]
-    if not better and not worse:
-        return [f"Over the whole grid, no variant differs from `{baseline}` by more than the seed "
-                f"noise."]
+    share = kept_share(view.metrics)
 
-    def gaps(names):
-        return _join_capped([f"`{v}` ({signed_pp(values[v].mean() - base.mean())} pp)"
-                             for v in sorted(names, key=lambda v: -values[v].mean())])
+    def square(variant, side):
+        return regime_rows(view, lambda m: (m["eval_height"] == side) & (m["eval_width"] == side), variant)
+    drops = {v: contrast(view, square(v, far), square(v, ref)).stats for v, (ref, far) in sides.items()}
+    kept = {v: share[(share.index.get_level_values("variant") == v)
+                     & (share.index.get_level_values("side") == sides[v][1])].mean() for v in sides}
+    ranked = sorted(drops, key=lambda v: -drops[v].mean)   # smallest drop first
+    shared = len(set(sides.values())) == 1
+
+    def said(v):
+        where = "" if shared else f" at {sides[v][1]} vs {sides[v][0]} px"
+        return f"`{v}` {pp(drops[v])}{where}, keeping {100 * kept[v]:.0f}% of its accuracy above chance"
+    if shared:
+        ref, far = next(iter(sides.values()))
+        text = f"From the training resolution to {far / ref:.3g}x it ({ref} to {far} px, square images), "
+    else:
+        text = f"From the training resolution to the square side nearest {TARGET_RATIO:g}x it, "
+    best, worst, baseline = ranked[0], ranked[-1], view.baseline
+    text += f"the smallest drop is {said(best)}"
+    if worst != best:
+        text += f", the largest {said(worst)}"
+    if baseline in drops and baseline not in (best, worst):
+        text += f"; the baseline {said(baseline)}"
+    return [text + "."]
+
+
+def _versus_baseline(view: Results) -> list[str]:
+    subset, baseline = SUBSET["grid"], view.baseline
+    if baseline not in view.ok_variants:
+        return []
+    if baseline not in view.ranked_variants:
+        return [f"The baseline `{baseline}` is not ranked on this task ({view.flag(baseline)}): no comparison "
+                f"with it."]
+    others = [v for v in values_in(view, subset) if v != baseline]
+    gaps = {v: difference(view, subset, v, baseline).stats for v in others}
+    better = sorted((v for v in others if gaps[v].ci_low > 0), key=lambda v: -gaps[v].mean)
+    worse = sorted((v for v in others if gaps[v].ci_high < 0), key=lambda v: gaps[v].mean)
+    rest = len(others) - len(better) - len(worse)
     parts = []
     if better:
-        parts.append(f"{gaps(better)} beat `{baseline}` in every seed by more than the seed spread")
+        parts.append(f"{join_capped([f'`{v}` ({pp(gaps[v])})' for v in better])} "
+                     f"{'is' if len(better) == 1 else 'are'} resolved better than `{baseline}`")
     if worse:
-        parts.append(f"{gaps(worse)} {'is' if len(worse) == 1 else 'are'} clearly worse")
-    rest = len(others) - len(better) - len(worse)
+        parts.append(f"{join_capped([f'`{v}` ({pp(gaps[v])})' for v in worse])} "
+                     f"{'is' if len(worse) == 1 else 'are'} resolved worse")
     if rest:
-        parts.append(f"the other {rest} {'is' if rest == 1 else 'are'} within seed noise of it")
-    return ["Over the whole grid, " + "; ".join(parts) + "."]
+        n = max(gaps[v].n for v in others)
+        parts.append(f"{'the other' if parts else 'all'} {rest} {'is' if rest == 1 else 'are'} not resolved "
+                     f"from {'it' if parts else f'`{baseline}`'} with {counted(n, 'seed')}")
+    return ["Over the whole grid, " + "; ".join(parts) + "."] if parts else []
 
 
-def _combine(results: Results, n_seeds: int) -> list[str]:
-    values = _subset_values(results, SUBSET["grid"])
-    out = []
-    for base, labels in combine_groups(results).items():
-        group = {v: values[v] for v in labels if v in values}
-        mode = {v: results.variants.loc[v, "combine"] for v in group}
-        lead = leaders(group)
-        listed = _join([f"{mode[v]} {pct(group[v].mean())}" for v in labels if v in group])
+def _combine(view: Results) -> list[str]:
+    subset, out = SUBSET["grid"], []
+    values = values_in(view, subset)
+    for base, labels in combine_groups(view).items():
+        group = {v: values[v] for v in values if v in labels}
+        if len(group) < 2:
+            continue
+        mode = {v: view.variants.loc[v, "combine"] for v in group}
+        best, *others = group
+        gaps = gaps_from(view, subset, best, others)
+        listed = join([f"{mode[v]} {pct(group[v].stats)}" for v in labels if v in group])
+        lead = leaders(group, gaps)
+        behind = [v for v in others if v not in lead]
+        text = f"For `{base}`, over the whole grid ({listed}), {mode[best]} "
         if len(lead) == 1:
-            out.append(f"For `{base}`, the {mode[lead[0]]} combination is clearly best over the "
-                       f"whole grid ({listed}).")
+            text += "is resolved best"
         else:
-            level = [mode[v] for v in labels if v in lead]
-            behind = [mode[v] for v in labels if v in group and v not in lead]
-            out.append(f"For `{base}`, the combine modes {_join(level)} are "
-                       f"level over the whole grid ({listed}): {_noise(n_seeds)}"
-                       + (f"; {_join(behind)} {'is' if len(behind) == 1 else 'are'} clearly behind."
-                          if behind else "."))
+            text += "leads, not resolved from " + join([f"{mode[v]} ({pp(flipped(gaps[v]))}; {unresolved(gaps[v])})"
+                                                        for v in lead[1:]])
+        if behind:
+            text += f"; {join([f'{mode[v]} ({pp(flipped(gaps[v]))})' for v in behind])} resolved behind"
+        out.append(text + ".")
     return out
+
+
+# ---- across tasks ----------------------------------------------------------------------------
+
+def agreement(results: Results) -> list[str]:
+    """Where the rankings of two tasks agree: Spearman's rank correlation of the whole-grid means
+    over the variants ranked in both, and the variants whose rank moves most."""
+    tasks = results.tasks
+    if len(tasks) < 2:
+        return []
+    means = {}
+    for task in tasks:
+        view = results.of_task(task)
+        means[task] = pd.Series({v: e.stats.mean for v, e in values_in(view, SUBSET["grid"]).items()})
+    out = []
+    for i, a in enumerate(tasks):
+        for b in tasks[i + 1:]:
+            common = means[a].index.intersection(means[b].index)
+            if len(common) < 3:
+                out.append(f"`{a}` and `{b}` share {counted(len(common), 'ranked variant')}: too few to compare "
+                           f"their rankings.")
+                continue
+            rank_a, rank_b = (means[t][common].rank(ascending=False) for t in (a, b))
+            rho = float(np.corrcoef(rank_a, rank_b)[0, 1])
+            moves = (rank_b - rank_a).abs().sort_values(ascending=False, kind="stable")
+            movers = [f"`{v}` ({_ordinal(rank_a[v])} → {_ordinal(rank_b[v])})"
+                      for v in moves.index[:MOVERS] if moves[v] > 0]
+            verdict = "agree" if rho >= 0.7 else "partly agree" if rho >= 0.3 else "disagree"
+            text = (f"The whole-grid rankings of `{a}` and `{b}` {verdict}: Spearman's ρ = {rho:.2f} over the "
+                    f"{len(common)} variants ranked on both")
+            out.append(text + (f"; moving most: {join(movers)}." if movers else "; no variant changes rank."))
+    return out
+
+
+def _ordinal(rank: float) -> str:
+    n = int(rank) if float(rank).is_integer() else rank
+    if not isinstance(n, int):
+        return f"{rank:g}th"
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def headline(results: Results) -> str:
+    """One line for the end of a run's log: per task, the ranked variant with the highest
+    whole-grid mean, with its interval (the report says whether it is resolved from the next)."""
+    if not results.ok_variants:
+        return NOTHING_FOUND
+    parts = []
+    for task in results.tasks:
+        values = values_in(results.of_task(task), SUBSET["grid"])
+        if values:
+            best = next(iter(values))
+            parts.append(f"{task} `{best}` {pct(values[best].stats)}")
+        else:
+            parts.append(f"{task} (no ranked variant)")
+    return "Highest whole-grid mean: " + "; ".join(parts) + "."

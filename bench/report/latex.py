@@ -12,7 +12,8 @@ from .document import Table, column_align
 _ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "−": r"$-$", "–": "--", "×": r"$\times$", "Δ": r"$\Delta$", "…": r"\ldots{}",
+    "±": r"$\pm$", "−": r"$-$", "–": "--", "—": "---", "×": r"$\times$", "Δ": r"$\Delta$", "…": r"\ldots{}",
+    "†": r"$^\dagger$",
 }
 
 

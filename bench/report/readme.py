@@ -1,4 +1,5 @@
-"""Put a run's findings, summary table and main figures into README.md, between two markers.
+"""Put a run's recommendation, findings, summary tables and main figures into README.md, between
+two markers.
 
 Only the text between the markers changes. results/ is git-ignored, so the figures are copied
 into the repository (docs/images/results/ by default) and the README links to the copies.
@@ -13,8 +14,9 @@ from ..store import atomic_write
 from .build import findings_blocks, smoke_blocks, summary_blocks
 from .data import load_results
 from .document import Heading, Image, Paragraph, markdown
-from .figures import REGISTRY
+from .figures import REGISTRY, task_stem
 from .provenance import read_provenance, shown_path
+from .recommend import recommendation_blocks
 from .tables import summary
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -45,14 +47,18 @@ def update_readme(out_dir: Path, readme: Path, images: Path = DEFAULT_IMAGES) ->
     folder = provenance.folder
     blocks = [*smoke_blocks(results),
               Paragraph(f"{provenance.sentence()} Refreshed by `python -m bench.report --out {folder} "
-                        f"--readme {shown_path(readme)}`; the full report is `{folder}/report.html`."),
-              *findings_blocks(results), Heading(3, "Summary"), *summary_blocks(summary(results))]
+                        f"--readme {shown_path(readme)}`; the full report, with the method, is "
+                        f"`{folder}/report.html`."),
+              Heading(3, "Recommendation"), *recommendation_blocks(results, 4),
+              Heading(3, "Findings"), *findings_blocks(results, 4),
+              Heading(3, "Summary"), *summary_blocks(summary(results), results, 4), Heading(3, "Figures")]
     images.mkdir(parents=True, exist_ok=True)
-    for spec in (s for s in REGISTRY if s.readme):
-        src = out_dir / "figures" / f"{spec.stem}.png"
-        if src.is_file():  # a figure the data did not allow is left out, as in the report
-            atomic_write(images / src.name, src.read_bytes())
-            link = Path(os.path.relpath(images / src.name, readme.parent)).as_posix()
-            blocks.append(Image(link, spec.stem, f"{spec.title}."))
+    for task in results.tasks:
+        for spec in (s for s in REGISTRY if s.readme):
+            src = out_dir / "figures" / f"{task_stem(spec.stem, task)}.png"
+            if src.is_file():  # a figure the data did not allow is left out, as in the report
+                atomic_write(images / src.name, src.read_bytes())
+                link = Path(os.path.relpath(images / src.name, readme.parent)).as_posix()
+                blocks.append(Image(link, src.stem, f"{spec.title} ({task})."))
     section = markdown(blocks)
     atomic_write(readme, (text[:start + len(START)] + "\n" + section + text[end:]).encode("utf-8"))
