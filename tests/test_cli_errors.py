@@ -303,8 +303,8 @@ def test_a_value_of_the_wrong_type_is_an_error_naming_its_key(tmp_path, dotted, 
     assume(not accepts(KEYS[dotted], value))
     with pytest.raises(ConfigError) as caught:
         load_text(tmp_path, with_value(dotted, value))
-    # A list with a bad item names the item, e.g. eval.grid.sides[1].
-    assert re.fullmatch(rf"{re.escape(dotted)}(\[\d+\])*", caught.value.key)
+    # A list with a bad item names the item, e.g. eval.grid.sides[1]; a mapping its key, train.steps.x.
+    assert re.fullmatch(rf"{re.escape(dotted)}(\[\d+\]|\.[^.\s]+)*", caught.value.key)
     assert caught.value.message.startswith("expected ")
 
 

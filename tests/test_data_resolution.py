@@ -39,7 +39,7 @@ def test_config_sections_name_the_bad_key(make, key):
 
 
 def test_unknown_choices_list_the_valid_ones():
-    with pytest.raises(ConfigError, match="expected one of 'abs_position', 'rel_position', 'control', got 'where'"):
+    with pytest.raises(ConfigError, match="expected one of 'abs_position', 'rel_position', 'control' or a list, got 'where'"):
         build(DataConfig, {"task": "where"})
 
 
