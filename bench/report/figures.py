@@ -208,7 +208,8 @@ def draw_forest(table: pd.DataFrame, results: Results, st: dict[str, Style], xla
         ax.axvline(0, color=REFERENCE_GREY, lw=0.8, zorder=1)
         for y, (variant, r) in enumerate(table.iterrows()):
             _dot(ax, y, stats_from(r, f"{subset.key}_diff"), st[variant], clip=(-100, 100))
-        ax.set_title(textwrap.fill(subset.title, 14), loc="left")
+        # 11 characters: with six panels on a page-wide figure, no title runs into the next one
+        ax.set_title(textwrap.fill(subset.title, 11, break_on_hyphens=False), loc="left")
         ax.grid(axis="x", color="#eeeeee", lw=0.5)
         ax.locator_params(axis="x", nbins=3)
         ax.margins(x=0.12)  # room for a marker at either end
