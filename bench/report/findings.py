@@ -187,7 +187,8 @@ def _leader_sentence(view: Results, subset: Subset) -> list[str]:
     tied = [f"`{v}` ({pp(flipped(gaps[v]))}; {unresolved(gaps[v])})" for v in lead[1:]]
     behind = len(others) - len(lead) + 1
     return [f"{where}, `{best}` leads with {pct(values[best].stats)}; not resolved from it: "
-            f"{join_capped(tied)}" + (f"; the other {behind} are resolved behind it." if behind else ".")]
+            f"{join_capped(tied)}" + (f"; the other {behind} are resolved behind it." if behind > 1 else
+                                      "; the other one is resolved behind it." if behind else ".")]
 
 
 def flipped(st: SeedStats) -> SeedStats:
@@ -213,13 +214,23 @@ def _control(view: Results) -> list[str]:
         where = _where(view, subset).lower()
         if hurt:
             named_gaps = join_capped([f"`{v}` ({pp(gaps[v])})" for v in hurt])
-            out.append(f"On `{task}`, where position plays no part, {named_gaps} "
-                       f"{'is' if len(hurt) == 1 else 'are'} resolved below `{reference}` {where}: "
-                       f"{'its' if len(hurt) == 1 else 'their'} embedding hurts recognising content there.")
+            text = (f"On `{task}`, where position plays no part, {named_gaps} "
+                    f"{'is' if len(hurt) == 1 else 'are'} resolved below `{reference}` {where}: "
+                    f"{'its' if len(hurt) == 1 else 'their'} embedding hurts recognising content there")
+            fixed = [v for v in hurt if _training_sides(view, v) != _training_sides(view, reference)]
+            if fixed:
+                text += (f" ({named(fixed)} {'trains' if len(fixed) == 1 else 'train'} on other sides than "
+                         f"`{reference}`, so the training regime differs as well as the embedding)")
+            out.append(text + ".")
         else:
             out.append(f"On `{task}`, where position plays no part, no ranked variant is resolved below "
                        f"`{reference}` {where}: no embedding is shown to hurt recognising content there.")
     return out
+
+
+def _training_sides(view: Results, variant: str) -> tuple[int, int]:
+    row = view.variants.loc[variant]
+    return int(row["train_min_side"]), int(row["train_max_side"])
 
 
 def retention_sides(view: Results) -> dict[str, tuple[int, int]]:
@@ -257,7 +268,8 @@ def _retention(view: Results) -> list[str]:
 
     def said(v):
         where = "" if shared else f" at {sides[v][1]} vs {sides[v][0]} px"
-        return f"`{v}` {pp(drops[v])}{where}, keeping {100 * kept[v]:.0f}% of its accuracy above chance"
+        share = f"{100 * kept[v]:.0f}".replace("-", "−")
+        return f"`{v}` {pp(drops[v])}{where}, keeping {share}% of its accuracy above chance"
     if shared:
         ref, far = next(iter(sides.values()))
         text = f"From the training resolution to {far / ref:.3g}x it ({ref} to {far} px, square images), "
