@@ -18,6 +18,7 @@ bisection. Seeds come in small integer counts, so integer df is all that is need
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Iterable, NamedTuple
 
@@ -52,6 +53,7 @@ def t_central_probability(t: float, df: int) -> float:
     return math.sin(theta) * total
 
 
+@functools.lru_cache(maxsize=None)   # a report asks for the same few (q, df) thousands of times
 def t_quantile(q: float, df: int) -> float:
     """The q-quantile of Student's t, for 0.5 <= q < 1 (e.g. t_quantile(0.975, 2) = 4.303)."""
     if not 0.5 <= q < 1:
