@@ -22,6 +22,11 @@ mask building are timed on their own and given as shares of the train step.
 rope_axial first), interleaved in the same way, on two batches: the standard one packed in rows of
 256 at the model flags' size, and the --experiment's first training batch at its model size.
 
+``--floor`` gives, instead, the least time the --experiment's cells could take on this machine:
+their FLOPs (training and evaluation, split into matmuls and attention) at the matmul and attention
+rates it measures, with everything else free. A run's wall time over its floor says how much of
+it is not the arithmetic.
+
 FLOPs are counted analytically: the matmuls (2 per multiply-add) and attention's two matmuls, a
 train step being 3x the forward. "GFLOP/step" is what the kernels compute, padding and masked-out
 attention included (SDPA computes every row's full L x L scores; flex skips 128 x 128 tiles that
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import shlex
 import statistics
@@ -160,17 +166,20 @@ def attention_pairs(batch: PackedBatch, kind: str) -> int:
     return int((present @ present.transpose(1, 2) > 0).sum()) * FLEX_BLOCK ** 2
 
 
-def forward_flops(model: NaViT, batches: Batches, kind: str) -> float:
-    """Forward FLOPs of a list of batches; kind as in attention_pairs ('useful' also skips padding)."""
+def flop_parts(model: NaViT, batch: PackedBatch, kind: str) -> tuple[float, float]:
+    """Forward FLOPs of one batch, (in the linear layers, patch embedding and head; in attention's
+    two matmuls); kind as in attention_pairs ('useful' also skips padding)."""
     per_token = model.patch_embed.weight.numel() + sum(
         m.weight.numel() for m in model.blocks.modules() if isinstance(m, nn.Linear))
     dim, depth = model.head.in_features, len(model.blocks)
-    total = 0.0
-    for batch, _ in batches:
-        tokens = batch.num_tokens if kind == "useful" else batch.num_rows * batch.row_len
-        total += 2 * per_token * tokens + depth * 4 * dim * attention_pairs(batch, kind)
-        total += 2 * model.head.weight.numel() * batch.num_images
-    return total
+    tokens = batch.num_tokens if kind == "useful" else batch.num_rows * batch.row_len
+    linear = 2 * per_token * tokens + 2 * model.head.weight.numel() * batch.num_images
+    return linear, depth * 4 * dim * attention_pairs(batch, kind)
+
+
+def forward_flops(model: NaViT, batches: Batches, kind: str) -> float:
+    """Forward FLOPs of a list of batches (see flop_parts)."""
+    return sum(sum(flop_parts(model, batch, kind)) for batch, _ in batches)
 
 
 # ---- timing -----------------------------------------------------------------------------------
@@ -324,16 +333,30 @@ def describe(s: Setup, padded: Setup, model: NaViT, num_images: int, peak: float
     }
 
 
-def matmul_rate(device: torch.device, m: int, k: int, n: int, seconds: float = 0.5) -> float:
-    """FLOP/s of an fp32 [m, k] @ [k, n] product on this device and thread count: the median of
-    repeated timings, over about ``seconds``. What the model's own matmuls could reach at best."""
-    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+def median_time(device: torch.device, fn: Callable[[], object], seconds: float = 0.5) -> float:
+    """Median seconds of ``fn`` over repeated timings, about ``seconds`` of them after warm-up."""
     timer = Timer(device)
     for _ in range(3):
-        timer(lambda: a @ b)
-    once = max(timer(lambda: a @ b), 1e-6)
-    times = [timer(lambda: a @ b) for _ in range(max(5, min(200, int(seconds / once))))]
-    return 2 * m * k * n / statistics.median(times)
+        timer(fn)
+    once = max(timer(fn), 1e-6)
+    return statistics.median(timer(fn) for _ in range(max(5, min(200, int(seconds / once)))))
+
+
+def matmul_rate(device: torch.device, m: int, k: int, n: int, seconds: float = 0.5) -> float:
+    """FLOP/s of an fp32 [m, k] @ [k, n] product on this device and thread count. What the model's
+    own matmuls could reach at best."""
+    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+    return 2 * m * k * n / median_time(device, lambda: a @ b, seconds)
+
+
+@torch.no_grad()
+def attention_rate(device: torch.device, images: int, heads: int, length: int, head_dim: int,
+                   seconds: float = 0.5) -> float:
+    """FLOP/s of fp32 SDPA without a mask on [images, heads, length, head_dim] (its two matmuls),
+    on this device and thread count: whole images, the kernel's best case."""
+    q, k, v = (torch.randn(images, heads, length, head_dim, device=device) for _ in range(3))
+    flops = 4 * images * heads * length ** 2 * head_dim
+    return flops / median_time(device, lambda: F.scaled_dot_product_attention(q, k, v), seconds)
 
 
 def experiment_step(path: Path, device: torch.device, amp, steps: int, warmup: int) -> dict | None:
@@ -377,6 +400,75 @@ def experiment_step(path: Path, device: torch.device, amp, steps: int, warmup: i
             "useful_gflop": statistics.median(flops) / 1e9, "useful_gflops": useful / 1e9,
             "matmul_shape": [tokens, m.dim, hidden], "matmul_gflops_at_shape": at_shape / 1e9,
             "matmul_gflops_1024": large / 1e9, "share_of_matmul_rate": useful / large}
+
+
+FLOOR_SAMPLE = 20   # training batches per (task, training resolution, seed) whose FLOPs stand for every step
+FLOOR_RATE_ROUNDS = 3   # measurements of each kernel rate, the best kept
+
+
+def experiment_floor(path: Path, device: torch.device) -> dict:
+    """The least time the experiment's cells could take here: their FLOPs as the kernels compute
+    them (padding and masked-out attention included; a train step 3x its forward), every matmul at
+    the fp32 matmul rate measured here (the better of the model's shape and 1024^3), all attention
+    at SDPA's rate on the experiment's largest eval image, and everything else free: GELU, norms,
+    the optimizer, embeddings, start-up and the report."""
+    from .config import load_experiment
+    from .data import TrainBatches, build_source
+    from .evaluate import EvalSet
+    from .plan import make_plan
+    from .train import build_cell_model
+
+    if not path.exists():
+        raise BenchError(f"--experiment {path}: no such file")
+    experiment = load_experiment(path)
+    plan, m, data = make_plan(experiment), experiment.model, experiment.data
+    cells = plan.cells()
+    task_of = dict(zip(plan.tasks, data.tasks))
+    source = functools.cache(lambda task, split: build_source(data, split, task_of[task]))
+    first = source(plan.tasks[0], "train")
+    model = build_cell_model(m, plan.variants[0].spec, first.num_classes, first.channels, seed=0)
+    train_step, evaluation = {}, {}
+    totals = {"train": [0.0, 0.0], "eval": [0.0, 0.0]}   # (linear, attention) FLOPs
+    for cell in cells:
+        t = cell.train
+        key = (cell.task, repr(cell.variant.resolution), cell.seed)
+        if key not in train_step:
+            batches = TrainBatches(source(cell.task, "train"), cell.variant.resolution,
+                                   t.token_drop, m.patch_size, t.tokens_per_batch, t.max_seq_len, seed=cell.seed)
+            sample = [flop_parts(model, batches[i][0], "dense") for i in range(min(FLOOR_SAMPLE, t.steps))]
+            train_step[key] = [sum(part) / len(sample) for part in zip(*sample)]
+        sizes = tuple(point.size for point in cell.eval_points)
+        if (cell.task, sizes) not in evaluation:
+            eval_set = EvalSet(source(cell.task, "test"), m.patch_size, experiment.eval, keep=False)
+            parts = [flop_parts(model, batch, "dense") for size in sizes for batch, _ in eval_set.batches(size)]
+            evaluation[(cell.task, sizes)] = [sum(part) for part in zip(*parts)]
+        for j in range(2):
+            totals["train"][j] += 3 * t.steps * train_step[key][j]
+            totals["eval"][j] += evaluation[(cell.task, sizes)][j]
+    longest = max((h // m.patch_size) * (w // m.patch_size) for h, w in plan.sizes)
+    images = max(1, experiment.eval.tokens_per_batch // longest)
+    hidden = int(m.dim * m.mlp_ratio)
+    # The best of a few measurements: a floor wants the machine's rate, not a busy spell's.
+    matmul = max(rate for _ in range(FLOOR_RATE_ROUNDS) for rate in (
+        matmul_rate(device, experiment.train.tokens_per_batch, m.dim, hidden), matmul_rate(device, 1024, 1024, 1024)))
+    attention = max(attention_rate(device, images, m.heads, longest, m.dim // m.heads) for _ in range(FLOOR_RATE_ROUNDS))
+    linear, attended = (sum(totals[stage][j] for stage in totals) for j in range(2))
+    return {"experiment": experiment.name, "cells": len(cells), "threads": torch.get_num_threads(),
+            "train_tflop": [x / 1e12 for x in totals["train"]], "eval_tflop": [x / 1e12 for x in totals["eval"]],
+            "matmul_gflops": matmul / 1e9, "attention_gflops": attention / 1e9,
+            "attention_shape": [images, m.heads, longest, m.dim // m.heads],
+            "floor_s": linear / matmul + attended / attention}
+
+
+def floor_summary(f: dict) -> str:
+    """experiment_floor's result in one paragraph."""
+    (train_linear, train_attention), (eval_linear, eval_attention) = f["train_tflop"], f["eval_tflop"]
+    total = train_linear + train_attention + eval_linear + eval_attention
+    return (f"{f['experiment']}: {f['cells']} cells compute {total:.2f} TFLOP (training {train_linear:.2f} in "
+            f"matmuls + {train_attention:.2f} in attention; evaluation {eval_linear:.2f} + {eval_attention:.2f}). "
+            f"At this machine's measured rates with {f['threads']} threads (fp32 matmul {f['matmul_gflops']:.0f} "
+            f"GFLOP/s; SDPA {f['attention_gflops']:.0f} GFLOP/s on {' x '.join(map(str, f['attention_shape']))}, "
+            f"its largest eval images), that is at least {f['floor_s']:.0f} s, with everything else free.")
 
 
 @dataclass
@@ -578,6 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--experiment", default=str(DEFAULT_EXPERIMENT),
                         help="experiment whose training batch and step the data pipeline (and --variants) is "
                              "timed on (default: %(default)s)")
+    parser.add_argument("--floor", action="store_true", help="instead of the setups, the least time the "
+                        "--experiment's cells could take on this machine, from their FLOPs and measured kernel rates")
     parser.add_argument("--skip-data", action="store_true", help="skip the data-pipeline measurement (and "
                                                                  "--variants' experiment batch)")
     return parser
@@ -589,12 +683,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.images < 1 or args.steps < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 1):
             raise BenchError("--images, --steps and --threads must be >= 1, --warmup >= 0")
+        if args.floor and args.variants is not None:
+            raise BenchError("--floor and --variants are two modes: give one")
         command = "python -m bench.perf " + shlex.join(argv)
-        result = run_variants(args, command) if args.variants is not None else run(args, command)
+        if args.floor:
+            device = environment(args)[0]
+            result = {"command": command, **experiment_floor(Path(args.experiment), device)}
+            text = floor_summary(result)
+        elif args.variants is not None:
+            result = run_variants(args, command)
+            text = variants_summary(result)
+        else:
+            result = run(args, command)
+            text = summary(result)
     except BenchError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(variants_summary(result) if args.variants is not None else summary(result))
+    print(text)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

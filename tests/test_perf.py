@@ -8,8 +8,11 @@ from torch._dynamo.utils import counters
 
 import bench
 from bench import perf
+from bench.config import load_experiment
+from bench.data import TrainBatches, build_source
 from bench.model import flex_block_mask
 from bench.packing import PAD, ROW_BUCKETS, PackedBatch, bucket, pack, pad_to_buckets
+from bench.plan import make_plan
 from bench.posembed import list_variants, variant_class
 
 PATCH = 8
@@ -168,3 +171,42 @@ def test_variants_mode_times_each_variant_against_the_first_on_both_batches(make
     assert "| swin_rpb |" in printed and "train / rope_axial" in printed
     assert perf.main(["--variants", "rope_axial,nonsense", "--skip-data"]) == 2
     assert "unknown nonsense" in capsys.readouterr().err
+
+
+def test_floor_counts_an_experiments_flops_and_prices_them_at_measured_rates(make_config, tmp_path, capsys,
+                                                                             monkeypatch):
+    # Two eval sizes whose FLOPs are known exactly: 16 x 16 px (4 x 4 patches: the 24 test images fill
+    # 6 rows of 64) and 48 x 48 px (12 x 12 patches, longer than a row: a row each, no padding).
+    config = make_config(**{"sides: [8, 16, 24, 48], aspects: [0.5, 1.0, 2.0]": "sides: [16, 48], aspects: [1.0]"})
+    out = tmp_path / "floor.json"
+    monkeypatch.setattr(perf, "FLOOR_SAMPLE", 30)   # every training step counted, not a sample
+    assert perf.main(["--floor", "--experiment", str(config), "--json", str(out)]) == 0
+    floor = json.loads(out.read_text())
+    assert floor["experiment"] == "tiny" and floor["cells"] == 4   # 2 variants x 2 seeds
+    per_token = 3 * 4 * 4 * 16 + 16 * 48 + 16 * 16 + 2 * 16 * 64   # patch embedding, qkv, proj, mlp (depth 1)
+    tokens, images, cells, classes = 144, 24, 4, 9
+    linear, attention = floor["eval_tflop"]
+    head = 2 * 16 * classes * 2 * images   # the classifier, once per image of each size
+    assert linear * 1e12 == pytest.approx(cells * (2 * per_token * (images * tokens + 6 * 64) + head))
+    assert attention * 1e12 == pytest.approx(cells * 4 * 16 * (images * tokens ** 2 + 6 * 64 ** 2))
+    assert floor["attention_shape"] == [1024 // tokens, 2, tokens, 8]
+    # Training: 3x the forward of every step's batch (all 30 counted here), both variants and seeds.
+    experiment = load_experiment(config)
+    source = build_source(experiment.data, "train", "abs_position")
+    model, t = bench.build_model("nope", classes, 4, 16, 1, 2), experiment.train
+    expected = 0
+    for cell in make_plan(experiment).cells():
+        batches = TrainBatches(source, cell.variant.resolution, t.token_drop, 4, 128, 64, seed=cell.seed)
+        expected += 3 * perf.forward_flops(model, [batches[i] for i in range(30)], "dense")
+    train_linear, train_attention = floor["train_tflop"]
+    assert (train_linear + train_attention) * 1e12 == pytest.approx(expected) and train_attention > 0
+    rates = {"linear": floor["matmul_gflops"] * 1e9, "attention": floor["attention_gflops"] * 1e9}
+    priced = ((train_linear + linear) / rates["linear"] + (train_attention + attention) / rates["attention"]) * 1e12
+    assert floor["floor_s"] == pytest.approx(priced)
+    printed = capsys.readouterr().out
+    assert printed.startswith("tiny: 4 cells compute") and "with everything else free" in printed
+
+    assert perf.main(["--floor", "--experiment", str(tmp_path / "missing.yaml")]) == 2
+    assert perf.main(["--floor", "--variants", "nope,rope_axial", "--experiment", str(config)]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and "missing.yaml: no such file" in errors[0] and "two modes" in errors[1]
