@@ -168,10 +168,15 @@ def test_a_failed_write_keeps_the_previous_state_and_names_the_path(reference, t
     assert_completes_like(finished, config, out)
 
 
-def test_parallel_workers_give_the_serial_numbers_through_ctrl_c_and_resume(reference, run_all, tmp_path):
-    """Two cell workers share the cells through the store's locks: the same metrics.csv as the
-    serial reference, also when Ctrl-C stops them mid-cell and a rerun resumes their checkpoints."""
-    config, finished = reference
+def test_parallel_workers_give_the_serial_numbers_through_ctrl_c_and_resume(make_config, run_all, tmp_path):
+    """Two cell workers share the cells through the store's locks: the same metrics.csv as a serial
+    run, also when Ctrl-C stops them mid-cell and a rerun resumes their checkpoints."""
+    # Cells of 300 steps: whenever two are in flight, the later one has far more left to do than the
+    # parent takes to pass Ctrl-C on. With TINY's 30, a worker that started late could let the press
+    # land in the last pair of cells, and both could finish before the stop reached them.
+    config = make_config(**{"steps: 30": "steps: 300"})
+    finished = tmp_path / "serial"
+    assert main(["--config", str(config), "--out", str(finished), "--workers", "1"]) == 0
     out = tmp_path / "out"
     process = subprocess.Popen([*run_all, "--config", str(config), "--out", str(out), "--workers", "2"], cwd=REPO,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
