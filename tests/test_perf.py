@@ -209,4 +209,4 @@ def test_floor_counts_an_experiments_flops_and_prices_them_at_measured_rates(mak
     assert perf.main(["--floor", "--experiment", str(tmp_path / "missing.yaml")]) == 2
     assert perf.main(["--floor", "--variants", "nope,rope_axial", "--experiment", str(config)]) == 2
     errors = capsys.readouterr().err.splitlines()
-    assert len(errors) == 2 and "missing.yaml: no such file" in errors[0] and "two modes" in errors[1]
+    assert len(errors) == 2 and "missing.yaml: No such file or directory" in errors[0] and "two modes" in errors[1]
